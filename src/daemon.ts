@@ -1,0 +1,100 @@
+// The vmlet daemon: wires the layers together for `vmlet run` — configuration in, then the Kubernetes side
+// (API client, Node, Lease), the host sensors and the hypervisor probe, and the local admin endpoint.
+// Pod runtime, kubelet API and image layers plug in here as their issues land.
+import type { Config } from './config/schema.ts';
+import { probeHypervisor } from './drivers/probe.ts';
+import { readHostFacts, sampleHost } from './host/facts.ts';
+import { ApiHealth } from './kube/api-health.ts';
+import { Backoff, sleep } from './kube/backoff.ts';
+import { KubeApi, describeApiError, httpStatus, loadKubeConfig } from './kube/client.ts';
+import { NodeController } from './kube/node/node-controller.ts';
+import { AdminServer } from './observability/admin-server.ts';
+import type { Logger } from './observability/log.ts';
+import { AgentMetrics } from './observability/metrics.ts';
+import { VMLET_VERSION, KUBELET_VERSION } from './version.ts';
+
+/** A failure that stops vmlet at start; its message is one line for the user. */
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+export class Daemon {
+  private node?: NodeController;
+  private admin?: AdminServer;
+  readonly metrics = new AgentMetrics();
+
+  constructor(
+    private readonly config: Config,
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts everything; resolves once the Node is registered and heartbeating. Throws StartupError. */
+  async start(): Promise<void> {
+    const { config, log, metrics } = this;
+    const { kc, source } = loadKubeConfig(config.kubeconfig);
+    const health = new ApiHealth(log.child({ component: 'apiserver' }), metrics);
+    const api = new KubeApi(kc, metrics, health, config.requestTimeout);
+    const facts = await readHostFacts();
+    log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, node: config.nodeName, server: api.server, kubeconfig: source }, 'vmlet starting');
+
+    const node = new NodeController(
+      api,
+      config,
+      {
+        facts,
+        sample: () => sampleHost(config.imageCacheDir),
+        probeHypervisor: () => probeHypervisor({ want: config.hypervisor, arch: facts.arch }),
+      },
+      log.child({ component: 'node' }),
+      metrics,
+    );
+    this.node = node;
+    await this.registerWithin(node, api.server, config.startupTimeout);
+    await node.renewLease();
+    node.start();
+
+    if (config.adminAddress) {
+      const renewWindow = 3 * config.node.leaseRenewInterval;
+      this.admin = new AdminServer(metrics.registry, [
+        { name: 'apiserver', check: () => (health.reachable ? null : 'the API server does not answer') },
+        { name: 'node-lease', check: () => (Date.now() - node.leaseRenewedAt <= renewWindow ? null : 'the Lease has not been renewed lately') },
+      ]);
+      try {
+        const bound = await this.admin.start(config.adminAddress);
+        log.info({ address: `${bound.address}:${bound.port}` }, 'admin endpoint (/healthz, /readyz, /metrics) listening');
+      } catch (err) {
+        throw new StartupError(`cannot listen on adminAddress ${config.adminAddress}: ${(err as Error).message}`);
+      }
+    }
+    const ready = node.lastStatus?.conditions.find((c) => c.type === 'Ready');
+    log.info({ node: config.nodeName, uid: node.nodeUid, ready: ready?.status, reason: ready?.reason }, 'node is up');
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([this.node?.stop(), this.admin?.stop()]);
+  }
+
+  /**
+   * Registers the Node, retrying while the API server does not answer, up to `timeoutMs`. An answer that
+   * refuses (bad credentials, forbidden) is final at once: retrying would not change it.
+   */
+  private async registerWithin(node: NodeController, server: string, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const backoff = new Backoff(250, 5_000);
+    for (;;) {
+      try {
+        await node.register();
+        return;
+      } catch (err) {
+        const status = httpStatus(err);
+        if (status === 401) throw new StartupError(`the API server at ${server} rejected vmlet's credentials (401 Unauthorized): check the kubeconfig's user`);
+        if (status === 403) throw new StartupError(`the API server at ${server} forbids vmlet to register Node ${this.config.nodeName}: ${describeApiError(err)}`);
+        if (status && status < 500 && status !== 429) throw new StartupError(`registering Node ${this.config.nodeName} failed: ${describeApiError(err)}`);
+        if (Date.now() >= deadline) {
+          throw new StartupError(`cannot reach the API server at ${server}: ${describeApiError(err)} (gave up after ${Math.round(timeoutMs / 1000)}s)`);
+        }
+        await sleep(Math.min(backoff.next(), Math.max(0, deadline - Date.now())));
+      }
+    }
+  }
+}

@@ -1,0 +1,98 @@
+// Finds out whether this host can run VMs, and with what: the answer becomes the Node's HypervisorReady
+// condition, its guest-OS labels and its VM slots. The drivers themselves (QEMU, Virtualization.framework)
+// arrive with their issues; this probe only looks, it starts nothing.
+import { execFile } from 'node:child_process';
+import { access, constants, open } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export type HypervisorKind = 'qemu' | 'vz';
+export type Accelerator = 'kvm' | 'hvf' | 'tcg';
+
+export interface HypervisorProbe {
+  usable: boolean;
+  /** The driver that would run VMs, or null when none can. */
+  driver: HypervisorKind | null;
+  accelerator: Accelerator | null;
+  /** Guest operating systems this driver can boot. */
+  guestOSes: ReadonlyArray<'linux' | 'macos'>;
+  /** CamelCase reason and a sentence, as in a Node condition. */
+  reason: string;
+  message: string;
+}
+
+export interface ProbeOptions {
+  want: 'auto' | HypervisorKind;
+  platform?: NodeJS.Platform;
+  /** GOARCH of the host. */
+  arch: string;
+  /** Directories searched for QEMU; default: $PATH. */
+  searchPath?: string[];
+}
+
+const QEMU_BINARY: Record<string, string> = { amd64: 'qemu-system-x86_64', arm64: 'qemu-system-aarch64' };
+
+export async function probeHypervisor(options: ProbeOptions): Promise<HypervisorProbe> {
+  const platform = options.platform ?? process.platform;
+  if (options.want === 'vz') return probeVz(platform, options.arch);
+  // `auto` will prefer Virtualization.framework on Apple Silicon once its driver exists; until then QEMU
+  // (with HVF on a Mac) is the only driver to look for.
+  return probeQemu(platform, options.arch, options.searchPath ?? (process.env.PATH ?? '').split(path.delimiter));
+}
+
+// Virtualization.framework needs Apple Silicon and the vz helper of the macOS issue; until that helper
+// exists the probe says so rather than pretending.
+function probeVz(platform: string, arch: string): HypervisorProbe {
+  const base = { usable: false, driver: null, accelerator: null, guestOSes: [] } as const;
+  if (platform !== 'darwin' || arch !== 'arm64') {
+    return { ...base, reason: 'VirtualizationFrameworkUnavailable', message: `Virtualization.framework needs macOS on Apple Silicon; this host is ${platform}/${arch}` };
+  }
+  return { ...base, reason: 'VzDriverNotInstalled', message: 'the Virtualization.framework driver is not part of this vmlet build yet; use hypervisor: qemu' };
+}
+
+async function probeQemu(platform: string, arch: string, searchPath: string[]): Promise<HypervisorProbe> {
+  const name = QEMU_BINARY[arch];
+  const none = { usable: false, driver: null, accelerator: null, guestOSes: [] } as const;
+  if (!name) return { ...none, reason: 'UnsupportedArchitecture', message: `QEMU guests are not offered on ${arch} hosts` };
+  const binary = await findExecutable(name, searchPath);
+  if (!binary) {
+    const hint = platform === 'darwin' ? 'brew install qemu' : 'apt-get install qemu-system';
+    return { ...none, reason: 'QEMUNotInstalled', message: `${name} was not found on PATH (${hint})` };
+  }
+  let version: string;
+  try {
+    const { stdout } = await run(binary, ['--version'], { timeout: 10_000 });
+    version = /version\s+(\S+)/.exec(stdout)?.[1] ?? 'unknown';
+  } catch (err) {
+    return { ...none, reason: 'QEMUBroken', message: `${binary} --version failed: ${(err as Error).message.split('\n')[0]}` };
+  }
+  const accelerator: Accelerator = platform === 'darwin' ? 'hvf' : (await kvmUsable()) ? 'kvm' : 'tcg';
+  const how = accelerator === 'tcg' ? 'TCG (software emulation: /dev/kvm is not usable)' : accelerator.toUpperCase();
+  return { usable: true, driver: 'qemu', accelerator, guestOSes: ['linux'], reason: 'QEMUReady', message: `${name} ${version} with ${how}` };
+}
+
+/** /dev/kvm opened read-write: the cheap test. Whether KVM then really runs a guest is the QEMU driver's check. */
+async function kvmUsable(): Promise<boolean> {
+  try {
+    const handle = await open('/dev/kvm', 'r+');
+    await handle.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function findExecutable(name: string, dirs: string[]): Promise<string | undefined> {
+  for (const dir of dirs.filter(Boolean)) {
+    const candidate = path.join(dir, name);
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}

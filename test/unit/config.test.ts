@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { ConfigError, loadConfig } from '../../src/config/load.ts';
+import { DEFAULT_TAINT } from '../../src/config/schema.ts';
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlet-config-'));
+function file(name: string, text: string): string {
+  const p = path.join(tmp, name);
+  writeFileSync(p, text);
+  return p;
+}
+function errorOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
+    assert.ok(!err.message.includes('\n'), 'error is one line');
+    return err.message;
+  }
+  assert.fail('expected an error');
+}
+
+test('defaults give a tainted node with 2 VM slots, a 10 s lease and a 5 min status report', () => {
+  const c = loadConfig({ env: {}, flags: { nodeName: 'mac-1' } });
+  assert.equal(c.nodeName, 'mac-1');
+  assert.deepEqual(c.node.taints, [DEFAULT_TAINT]);
+  assert.equal(c.node.vmSlots, 2);
+  assert.equal(c.node.leaseRenewInterval, 10_000);
+  assert.equal(c.node.leaseDuration, 40_000);
+  assert.equal(c.node.statusReportInterval, 300_000);
+  assert.equal(c.pressure.memoryAvailable, 100 * 2 ** 20);
+});
+
+test('flags override environment, which overrides the file', () => {
+  const f = file('a.yaml', 'nodeName: from-file\nlogLevel: warn\nnode:\n  vmSlots: 4\n  labels: {a: "1"}\n');
+  const c = loadConfig({
+    file: f,
+    env: { VMLET_LOG_LEVEL: 'debug', VMLET_VM_SLOTS: '6', VMLET_NODE_LABELS: 'b=2' },
+    flags: { vmSlots: '8', nodeLabel: ['c=3'] },
+  });
+  assert.equal(c.nodeName, 'from-file');
+  assert.equal(c.logLevel, 'debug');
+  assert.equal(c.node.vmSlots, 8);
+  assert.deepEqual(c.node.labels, { a: '1', b: '2', c: '3' });
+});
+
+test('durations and quantities accept Kubernetes spellings', () => {
+  const f = file('b.yaml', 'node:\n  leaseRenewInterval: 2s\n  statusReportInterval: 1m30s\n  reservedMemory: 1Gi\n  reservedCpu: 500m\n');
+  const c = loadConfig({ file: f, env: {} });
+  assert.equal(c.node.leaseRenewInterval, 2000);
+  assert.equal(c.node.statusReportInterval, 90_000);
+  assert.equal(c.node.reservedMemory, 2 ** 30);
+  assert.equal(c.node.reservedCpu, 0.5);
+});
+
+test('an invalid enum value names the field, the allowed values and where it came from', () => {
+  const msg = errorOf(() => loadConfig({ env: { VMLET_LOG_LEVEL: 'loud' } }));
+  assert.match(msg, /logLevel: must be one of trace, debug, info, warn, error, fatal, silent \(got "loud" from VMLET_LOG_LEVEL\)/);
+});
+
+test('a non-integer or negative slot count is refused with the flag named', () => {
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { vmSlots: 'two' } })), /node\.vmSlots: expected an integer \(got "two" from --vm-slots\)/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { vmSlots: '-1' } })), /node\.vmSlots: must be at least 0 \(got -1 from --vm-slots\)/);
+});
+
+test('an unknown key in the file is named with the file', () => {
+  const f = file('c.yaml', 'node:\n  vmSlot: 3\n');
+  assert.match(errorOf(() => loadConfig({ file: f, env: {} })), /unknown setting "node\.vmSlot" in .*c\.yaml/);
+});
+
+test('a file that is not YAML, or not a mapping, or missing, is a clear error', () => {
+  assert.match(errorOf(() => loadConfig({ file: file('d.yaml', 'a: [1, 2\n'), env: {} })), /is not valid YAML/);
+  assert.match(errorOf(() => loadConfig({ file: file('e.yaml', '- 1\n'), env: {} })), /must hold a YAML mapping/);
+  assert.match(errorOf(() => loadConfig({ file: path.join(tmp, 'none.yaml'), env: {} })), /cannot read config file .*none\.yaml: ENOENT/);
+});
+
+test('taints parse the kubelet --register-with-taints syntax, and "none" registers none', () => {
+  const c = loadConfig({ env: {}, flags: { registerWithTaint: ['a=b:NoSchedule', 'c:NoExecute'] } });
+  assert.deepEqual(c.node.taints, [
+    { key: 'a', value: 'b', effect: 'NoSchedule' },
+    { key: 'c', effect: 'NoExecute' },
+  ]);
+  assert.deepEqual(loadConfig({ env: {}, flags: { registerWithTaint: ['none'] } }).node.taints, []);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { registerWithTaint: ['a=b:Sometimes'] } })), /key\[=value\]:Effect/);
+});
+
+test('bad label keys, node names and addresses are refused before anything reaches the API server', () => {
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { nodeLabel: ['bad key=1'] } })), /label key "bad key"/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { nodeName: 'Mac_01' } })), /nodeName: must be a lowercase DNS name/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { nodeIp: '300.1.1.1' } })), /node\.ip/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { adminAddress: 'localhost' } })), /adminAddress: must be host:port/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { startupTimeout: 'soon' } })), /startupTimeout: "soon" is not a duration/);
+});
