@@ -35,7 +35,7 @@ export class Daemon {
     const health = new ApiHealth(log.child({ component: 'apiserver' }), metrics);
     const api = new KubeApi(kc, metrics, health, config.requestTimeout);
     const facts = await readHostFacts();
-    log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, node: config.nodeName, server: api.server, kubeconfig: source }, 'vmlet starting');
+    log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, server: api.server, kubeconfig: source }, 'vmlet starting');
 
     const node = new NodeController(
       api,
@@ -67,7 +67,7 @@ export class Daemon {
       }
     }
     const ready = node.lastStatus?.conditions.find((c) => c.type === 'Ready');
-    log.info({ node: config.nodeName, uid: node.nodeUid, ready: ready?.status, reason: ready?.reason }, 'node is up');
+    log.info({ uid: node.nodeUid, ready: ready?.status, reason: ready?.reason }, 'node is up');
   }
 
   async stop(): Promise<void> {

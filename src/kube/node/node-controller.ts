@@ -92,11 +92,11 @@ export class NodeController {
     let node: V1Node;
     try {
       node = await this.api.call('create', 'nodes', () => this.api.core.createNode({ body: newNode(inputs) }));
-      this.log.info({ node: this.config.nodeName, uid: node.metadata?.uid }, 'registered Node');
+      this.log.info({ uid: node.metadata?.uid }, 'registered Node');
     } catch (err) {
       if (httpStatus(err) !== 409) throw err;
       node = await this.api.call('get', 'nodes', () => this.api.core.readNode({ name: this.config.nodeName }));
-      this.log.info({ node: this.config.nodeName, uid: node.metadata?.uid }, 'adopted existing Node');
+      this.log.info({ uid: node.metadata?.uid }, 'adopted existing Node');
       await this.fixLabels(node);
     }
     this.uid = node.metadata?.uid;
@@ -205,7 +205,7 @@ export class NodeController {
   }
 
   private onNodeDeleted(): void {
-    this.log.warn({ node: this.config.nodeName }, 'Node object was deleted; registering it again');
+    this.log.warn('Node object was deleted; registering it again');
     this.wantRegister = true;
     void this.reregister();
   }

@@ -1,0 +1,114 @@
+// Runs the real `vmlet` command (bin/vmlet.js) as a child process for end-to-end tests, the way a user
+// starts it, and reads its JSON log lines back.
+import { mkdir, mkdtemp, readFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runCommand, type CommandResult } from './exec.ts';
+import { freePort, spawnTracked, stopProcess, waitFor, type ExitStatus, type TrackedProcess } from './processes.ts';
+
+export const VMLET_BIN = fileURLToPath(new URL('../../bin/vmlet.js', import.meta.url));
+
+export interface LogLine {
+  level: string;
+  msg: string;
+  time: string;
+  [key: string]: unknown;
+}
+
+export interface VmletOptions {
+  kubeconfig: string;
+  nodeName: string;
+  /** Extra `vmlet run` flags. */
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Where the log file and image cache go (put it in the cluster's dir so that it is cleaned up); default: a new temp dir. */
+  dir?: string;
+}
+
+/** A running `vmlet run`, with its admin port and its log. */
+export class VmletProcess {
+  private constructor(
+    readonly proc: TrackedProcess,
+    readonly adminUrl: string,
+    readonly dir: string,
+    /** Where this run's lines start in a log file that an earlier run in the same dir wrote to. */
+    private readonly logOffset: number,
+  ) {}
+
+  static async start(opts: VmletOptions): Promise<VmletProcess> {
+    const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), 'vmlet-run-')));
+    await mkdir(dir, { recursive: true });
+    const logFile = join(dir, 'vmlet.log');
+    const logOffset = (await stat(logFile).catch(() => undefined))?.size ?? 0;
+    const adminPort = await freePort();
+    const args = [
+      VMLET_BIN,
+      'run',
+      `--kubeconfig=${opts.kubeconfig}`,
+      `--node-name=${opts.nodeName}`,
+      `--admin-address=127.0.0.1:${adminPort}`,
+      `--image-cache-dir=${join(dir, 'cache')}`,
+      '--node-ip=127.0.0.1',
+      ...(opts.args ?? []),
+    ];
+    const proc = spawnTracked(`vmlet ${opts.nodeName}`, process.execPath, args, {
+      logFile,
+      env: { ...process.env, ...opts.env },
+    });
+    return new VmletProcess(proc, `http://127.0.0.1:${adminPort}`, dir, logOffset);
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  get exitStatus(): ExitStatus | undefined {
+    return this.proc.exitStatus;
+  }
+
+  /** This run's JSON log lines so far (non-JSON lines, e.g. a crash trace, come back as level "raw"). */
+  async logs(): Promise<LogLine[]> {
+    const text = (await readFile(this.proc.logFile).catch(() => Buffer.alloc(0))).subarray(this.logOffset).toString('utf8');
+    return text
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        try {
+          return JSON.parse(line) as LogLine;
+        } catch {
+          return { level: 'raw', msg: line, time: '' };
+        }
+      });
+  }
+
+  async waitForLog(what: string, match: (line: LogLine) => boolean, timeoutMs = 60_000): Promise<LogLine> {
+    return waitFor(what, async () => (await this.logs()).find(match), { timeoutMs, process: this.proc, intervalMs: 200 });
+  }
+
+  /** Waits until the agent says the node is up (registered, first status and Lease written). */
+  async waitUntilUp(timeoutMs = 60_000): Promise<void> {
+    await this.waitForLog('vmlet to report "node is up"', (l) => l.msg === 'node is up', timeoutMs);
+  }
+
+  /** GET on the admin endpoint. */
+  async admin(path: string): Promise<{ status: number; body: string }> {
+    const res = await fetch(this.adminUrl + path);
+    return { status: res.status, body: await res.text() };
+  }
+
+  /** Sends a signal and waits for the exit. */
+  async signal(signal: NodeJS.Signals): Promise<ExitStatus> {
+    if (!this.proc.exitStatus) process.kill(this.proc.pid, signal);
+    return this.proc.exited;
+  }
+
+  async stop(): Promise<void> {
+    await stopProcess(this.proc, 15_000);
+  }
+}
+
+/** Runs `vmlet <args>` to completion (for commands that must fail fast). */
+export function runVmlet(args: string[], env?: NodeJS.ProcessEnv, timeoutMs = 60_000): Promise<CommandResult> {
+  return runCommand(process.execPath, [VMLET_BIN, ...args], { env: { ...process.env, ...env }, timeoutMs });
+}
