@@ -1,15 +1,18 @@
 #!/usr/bin/env node
-// The `vmlet` command. Runs the compiled build when there is one (npm run build), else the TypeScript
-// sources through tsx, so a checkout works without a build step.
+// The `vmlet` command. In a checkout (src/ present) it runs the TypeScript sources through tsx, so that
+// what runs is always what is in the tree; an installed package (no src/), or VMLET_USE_DIST=1 after
+// `npm run build`, runs the compiled JavaScript in dist/.
 import { existsSync } from 'node:fs';
 
+const source = new URL('../src/cli/main.ts', import.meta.url);
 const compiled = new URL('../dist/cli/main.js', import.meta.url);
-if (existsSync(compiled)) {
+const useDist = process.env.VMLET_USE_DIST === '1' || !existsSync(source);
+if (useDist) {
   const { main } = await import(compiled.href);
   await main();
 } else {
   const { register } = await import('tsx/esm/api');
   register();
-  const { main } = await import(new URL('../src/cli/main.ts', import.meta.url).href);
+  const { main } = await import(source.href);
   await main();
 }
