@@ -144,8 +144,11 @@ export class Reflector<T extends KubeObject> {
     const key = keyOf(obj);
     const old = this.store.get(key);
     if (type === 'DELETED') {
-      this.store.delete(key);
-      this.opts.handler.deleted?.(old ?? obj);
+      // A delete of something never seen (it came and went between list and watch) is no news.
+      if (old) {
+        this.store.delete(key);
+        this.opts.handler.deleted?.(old);
+      }
       return;
     }
     this.store.set(key, obj);

@@ -7,9 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { startCluster, type Cluster } from '../harness/cluster.ts';
+import type { Cluster } from '../harness/cluster.ts';
 import { waitFor } from '../harness/processes.ts';
-import { VmletProcess } from '../harness/vmlet.ts';
+import { startClusterWithNode, VmletProcess } from '../harness/vmlet.ts';
 
 interface Condition { type: string; status: string; reason?: string; message?: string; lastHeartbeatTime?: string }
 interface NodeYaml {
@@ -48,9 +48,7 @@ async function getLease(name = NODE): Promise<LeaseJson | undefined> {
 const ready = (node: NodeYaml | undefined) => node?.status.conditions.find((c) => c.type === 'Ready');
 
 before(async () => {
-  cluster = await startCluster();
-  vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(NODE), nodeName: NODE, dir: path.join(cluster.dir, NODE) });
-  await vmlet.waitUntilUp();
+  ({ cluster, vmlet } = await startClusterWithNode(NODE));
 });
 
 after(async () => {

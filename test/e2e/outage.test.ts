@@ -1,12 +1,11 @@
 // The API server goes away for 60 s and comes back: vmlet must keep running, say so once (not once per
 // failed request), and have the node Ready and heartbeating again within 30 s of the server's return.
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { startCluster, type Cluster } from '../harness/cluster.ts';
+import type { Cluster } from '../harness/cluster.ts';
 import { waitFor } from '../harness/processes.ts';
-import { VmletProcess } from '../harness/vmlet.ts';
+import { startClusterWithNode, type VmletProcess } from '../harness/vmlet.ts';
 
 const NODE = 'outage-node';
 const OUTAGE_MS = 60_000;
@@ -14,9 +13,7 @@ let cluster: Cluster;
 let vmlet: VmletProcess;
 
 before(async () => {
-  cluster = await startCluster();
-  vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(NODE), nodeName: NODE, dir: path.join(cluster.dir, NODE) });
-  await vmlet.waitUntilUp();
+  ({ cluster, vmlet } = await startClusterWithNode(NODE));
 });
 
 after(async () => {

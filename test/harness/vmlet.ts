@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startCluster, type Cluster } from './cluster.ts';
 import { runCommand, type CommandResult } from './exec.ts';
 import { freePort, spawnTracked, stopProcess, waitFor, type ExitStatus, type TrackedProcess } from './processes.ts';
 
@@ -111,4 +112,25 @@ export class VmletProcess {
 /** Runs `vmlet <args>` to completion (for commands that must fail fast). */
 export function runVmlet(args: string[], env?: NodeJS.ProcessEnv, timeoutMs = 60_000): Promise<CommandResult> {
   return runCommand(process.execPath, [VMLET_BIN, ...args], { env: { ...process.env, ...env }, timeoutMs });
+}
+
+/** A fresh cluster with one `vmlet run` joined as `nodeName` with a kubelet's identity, up and heartbeating. */
+export async function startClusterWithNode(
+  nodeName: string,
+  opts: Pick<VmletOptions, 'args' | 'env'> = {},
+): Promise<{ cluster: Cluster; vmlet: VmletProcess }> {
+  const cluster = await startCluster();
+  try {
+    const vmlet = await VmletProcess.start({
+      ...opts,
+      kubeconfig: await cluster.nodeKubeconfig(nodeName),
+      nodeName,
+      dir: join(cluster.dir, nodeName),
+    });
+    await vmlet.waitUntilUp();
+    return { cluster, vmlet };
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
 }

@@ -94,3 +94,18 @@ test('bad label keys, node names and addresses are refused before anything reach
   assert.match(errorOf(() => loadConfig({ env: {}, flags: { adminAddress: 'localhost' } })), /adminAddress: must be host:port/);
   assert.match(errorOf(() => loadConfig({ env: {}, flags: { startupTimeout: 'soon' } })), /startupTimeout: "soon" is not a duration/);
 });
+
+test('every setting is documented in docs/CONFIGURATION.md with its flag and environment variable', async () => {
+  const { readFileSync } = await import('node:fs');
+  const { SETTINGS } = await import('../../src/config/load.ts');
+  const doc = readFileSync(new URL('../../docs/CONFIGURATION.md', import.meta.url), 'utf8');
+  const c = loadConfig({ env: {}, flags: { nodeName: 'n' } }) as unknown as Record<string, unknown>;
+  const keys = Object.entries(c).flatMap(([k, v]) =>
+    typeof v === 'object' && v !== null && !Array.isArray(v) && k !== 'labels' ? Object.keys(v).map((n) => `${k}.${n}`) : [k],
+  );
+  for (const key of new Set([...keys, ...SETTINGS.map((s) => s.path)])) assert.ok(doc.includes(`\`${key}\``), `${key} is documented`);
+  for (const s of SETTINGS) {
+    assert.ok(doc.includes(`--${s.flag}`), `--${s.flag} is documented`);
+    assert.ok(doc.includes(s.env), `${s.env} is documented`);
+  }
+});
