@@ -25,7 +25,7 @@ function resourceRequests(metrics: string): number {
   let total = 0;
   for (const line of metrics.split('\n')) {
     if (!line.startsWith('apiserver_request_total{')) continue;
-    if (/resource=""/.test(line)) continue;
+    if (/[{,]resource=""/.test(line)) continue;
     total += Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return total;

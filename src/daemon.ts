@@ -6,7 +6,9 @@ import { probeHypervisor } from './drivers/probe.ts';
 import { readHostFacts, sampleHost } from './host/facts.ts';
 import { ApiHealth } from './kube/api-health.ts';
 import { Backoff, sleep } from './kube/backoff.ts';
-import { KubeApi, describeApiError, httpStatus, loadKubeConfig } from './kube/client.ts';
+import { KubeApi, describeApiError, httpStatus } from './kube/client.ts';
+import { KubeconfigError } from './kube/errors.ts';
+import { loadKubeconfig } from './kube/kubeconfig.ts';
 import { NodeController } from './kube/node/node-controller.ts';
 import { AdminServer } from './observability/admin-server.ts';
 import type { Logger } from './observability/log.ts';
@@ -20,6 +22,7 @@ export class StartupError extends Error {
 
 export class Daemon {
   private node?: NodeController;
+  private api?: KubeApi;
   private admin?: AdminServer;
   readonly metrics = new AgentMetrics();
 
@@ -31,11 +34,12 @@ export class Daemon {
   /** Starts everything; resolves once the Node is registered and heartbeating. Throws StartupError. */
   async start(): Promise<void> {
     const { config, log, metrics } = this;
-    const { kc, source } = loadKubeConfig(config.kubeconfig);
+    const access = loadKubeconfig(config.kubeconfig);
     const health = new ApiHealth(log.child({ component: 'apiserver' }), metrics);
-    const api = new KubeApi(kc, metrics, health, config.requestTimeout);
+    const api = new KubeApi(access, metrics, health, config.requestTimeout);
+    this.api = api;
     const facts = await readHostFacts();
-    log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, server: api.server, kubeconfig: source }, 'vmlet starting');
+    log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, server: api.server, kubeconfig: access.source }, 'vmlet starting');
 
     const node = new NodeController(
       api,
@@ -72,6 +76,7 @@ export class Daemon {
 
   async stop(): Promise<void> {
     await Promise.all([this.node?.stop(), this.admin?.stop()]);
+    this.api?.close();
   }
 
   /**
@@ -86,6 +91,7 @@ export class Daemon {
         await node.register();
         return;
       } catch (err) {
+        if (err instanceof KubeconfigError) throw err;
         const status = httpStatus(err);
         if (status === 401) throw new StartupError(`the API server at ${server} rejected vmlet's credentials (401 Unauthorized): check the kubeconfig's user`);
         if (status === 403) throw new StartupError(`the API server at ${server} forbids vmlet to register Node ${this.config.nodeName}: ${describeApiError(err)}`);

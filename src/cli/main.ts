@@ -3,7 +3,7 @@
 import { Command, Option } from 'commander';
 import { ConfigError, SETTINGS, loadConfig } from '../config/load.ts';
 import { Daemon, StartupError } from '../daemon.ts';
-import { KubeconfigError } from '../kube/client.ts';
+import { KubeconfigError } from '../kube/errors.ts';
 import { createLogger } from '../observability/log.ts';
 import { KUBELET_VERSION, VMLET_VERSION } from '../version.ts';
 

@@ -5,13 +5,11 @@
 //   - runs an idle watchdog: no event and no bookmark for `idleTimeoutMs` means a dead connection → re-watch;
 //   - relists on 410 Gone (emitting deletes for objects that vanished meanwhile), and backs off on errors;
 //   - keeps a local store, and can replay it to the handler on a resync period without any request.
-import http from 'node:http';
-import https from 'node:https';
 import { createInterface } from 'node:readline';
 import type { Logger } from '../observability/log.ts';
 import type { AgentMetrics } from '../observability/metrics.ts';
 import { Backoff, sleep } from './backoff.ts';
-import { describeApiError, type KubeApi } from './client.ts';
+import { describeApiError, httpStatus, type KubeApi } from './client.ts';
 
 export interface KubeObject {
   metadata?: { name?: string; namespace?: string; resourceVersion?: string; uid?: string };
@@ -163,12 +161,13 @@ export class Reflector<T extends KubeObject> {
   private async watchOnce(): Promise<WatchEnd> {
     const { api, resource, log } = this.opts;
     const [lo, hi] = this.opts.watchTimeoutSeconds ?? [300, 600];
-    const url = new URL(api.server.replace(/\/$/, '') + this.opts.watchPath);
-    for (const [k, v] of Object.entries(this.opts.watchQuery ?? {})) url.searchParams.set(k, v);
-    url.searchParams.set('watch', 'true');
-    url.searchParams.set('allowWatchBookmarks', 'true');
-    url.searchParams.set('resourceVersion', this.resourceVersion);
-    url.searchParams.set('timeoutSeconds', String(Math.floor(lo + Math.random() * (hi - lo))));
+    const query = {
+      ...this.opts.watchQuery,
+      watch: 'true',
+      allowWatchBookmarks: 'true',
+      resourceVersion: this.resourceVersion,
+      timeoutSeconds: String(Math.floor(lo + Math.random() * (hi - lo))),
+    };
 
     const abort = new AbortController();
     const onStop = () => abort.abort();
@@ -186,25 +185,19 @@ export class Reflector<T extends KubeObject> {
 
     try {
       touch();
-      const options: https.RequestOptions = {};
-      await api.kc.applyToHTTPSOptions(options);
       api.countWatch(resource);
-      const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-        const lib = url.protocol === 'http:' ? http : https;
-        const req = lib.request(url, { ...options, method: 'GET', signal: abort.signal }, resolve);
-        req.on('error', reject);
-        req.end();
-      });
-      api.health.succeeded();
-      if (res.statusCode === 410) {
-        res.resume();
-        return 'gone';
-      }
-      if (res.statusCode !== 200) {
-        const body = await readBody(res);
-        log.warn({ resource, status: res.statusCode, body: body.slice(0, 300) }, 'watch refused');
+      let res;
+      try {
+        res = await api.http.stream(this.opts.watchPath, query, abort.signal);
+      } catch (err) {
+        const status = httpStatus(err);
+        if (!status) throw err;
+        api.health.succeeded();
+        if (status === 410) return 'gone';
+        log.warn({ resource, err: describeApiError(err) }, 'watch refused');
         return 'error';
       }
+      api.health.succeeded();
       let end: WatchEnd = 'closed';
       const lines = createInterface({ input: res, crlfDelay: Infinity });
       for await (const line of lines) {
@@ -254,10 +247,4 @@ export class Reflector<T extends KubeObject> {
 
 function keyOf(obj: KubeObject): string {
   return `${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
-}
-
-async function readBody(res: http.IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of res) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
 }

@@ -5,7 +5,6 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { test } from 'node:test';
-import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { ApiHealth } from '../../src/kube/api-health.ts';
 import { KubeApi } from '../../src/kube/client.ts';
@@ -41,17 +40,10 @@ test('the reflector relists on 410 Gone, follows bookmarks, and re-watches a con
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
 
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server: `http://127.0.0.1:${port}`, skipTLSVerify: true }],
-    users: [{ name: 'u' }],
-    contexts: [{ name: 'c', cluster: 'c', user: 'u' }],
-    currentContext: 'c',
-  });
   const sink = new Writable({ write: (_c, _e, cb) => cb() });
   const log = pino({ level: 'silent' }, sink);
   const metrics = new AgentMetrics({ processMetrics: false });
-  const api = new KubeApi(kc, metrics, new ApiHealth(log, metrics), 5000);
+  const api = new KubeApi({ source: 'test', server: `http://127.0.0.1:${port}`, insecureSkipTLSVerify: false }, metrics, new ApiHealth(log, metrics), 5000);
   const events: string[] = [];
   const reflector = new Reflector<KubeObject>({
     resource: 'things',
@@ -99,6 +91,7 @@ test('the reflector relists on 410 Gone, follows bookmarks, and re-watches a con
     assert.match(restarts, /reason="idle"\} 1/);
   } finally {
     await reflector.stop();
+    api.close();
     server.closeAllConnections();
     server.close();
   }

@@ -1,13 +1,27 @@
 // The node's heartbeat: a Lease in kube-node-lease, renewed every 10 s as the kubelet does. One request per
 // renewal — an update of the Lease kept from the last answer — and a get or create only after a conflict or
 // when the Lease is missing.
-import { V1MicroTime, type V1Lease, type V1OwnerReference } from '@kubernetes/client-node';
+import type { V1OwnerReference } from '@kubernetes/client-node';
 import type { Logger } from '../../observability/log.ts';
 import type { AgentMetrics } from '../../observability/metrics.ts';
 import { sleep } from '../backoff.ts';
 import { describeApiError, httpStatus, type KubeApi } from '../client.ts';
 
 export const LEASE_NAMESPACE = 'kube-node-lease';
+const LEASES = `/apis/coordination.k8s.io/v1/namespaces/${LEASE_NAMESPACE}/leases`;
+
+/** A coordination.k8s.io/v1 Lease as JSON. */
+export interface Lease {
+  apiVersion: 'coordination.k8s.io/v1';
+  kind: 'Lease';
+  metadata: { name: string; namespace: string; resourceVersion?: string; uid?: string; ownerReferences?: V1OwnerReference[] };
+  spec: { holderIdentity: string; leaseDurationSeconds: number; renewTime: string };
+}
+
+/** A metav1.MicroTime: RFC 3339 with exactly six fractional digits, or the API server answers 400. */
+export function microTime(date: Date): string {
+  return date.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
+}
 
 export interface LeaseOptions {
   nodeName: string;
@@ -18,7 +32,7 @@ export interface LeaseOptions {
 }
 
 export class NodeLease {
-  private lease?: V1Lease;
+  private lease?: Lease;
   private readonly stopper = new AbortController();
   private running?: Promise<void>;
   private lastRenewed = 0;
@@ -70,42 +84,37 @@ export class NodeLease {
     }
   }
 
-  private async update(lease: V1Lease): Promise<V1Lease> {
-    const body: V1Lease = { ...lease, metadata: { ...lease.metadata, ownerReferences: this.owners(lease) }, spec: this.spec() };
-    return this.api.call('update', 'leases', () =>
-      this.api.coordination.replaceNamespacedLease({ name: this.opts.nodeName, namespace: LEASE_NAMESPACE, body }),
-    );
+  private async update(lease: Lease): Promise<Lease> {
+    const body: Lease = { ...lease, metadata: { ...lease.metadata, ownerReferences: this.owners(lease) }, spec: this.spec() };
+    return this.api.call('update', 'leases', { method: 'PUT', path: `${LEASES}/${this.opts.nodeName}`, body });
   }
 
-  private async getOrCreate(): Promise<V1Lease> {
+  private async getOrCreate(): Promise<Lease> {
     const { nodeName } = this.opts;
     try {
-      const existing = await this.api.call('get', 'leases', () =>
-        this.api.coordination.readNamespacedLease({ name: nodeName, namespace: LEASE_NAMESPACE }),
-      );
+      const existing = await this.api.call<Lease>('get', 'leases', { method: 'GET', path: `${LEASES}/${nodeName}` });
       return await this.update(existing);
     } catch (err) {
       if (httpStatus(err) !== 404) throw err;
     }
-    const body: V1Lease = {
+    const body: Lease = {
       apiVersion: 'coordination.k8s.io/v1',
       kind: 'Lease',
       metadata: { name: nodeName, namespace: LEASE_NAMESPACE, ownerReferences: this.owners(undefined) },
       spec: this.spec(),
     };
-    return this.api.call('create', 'leases', () => this.api.coordination.createNamespacedLease({ namespace: LEASE_NAMESPACE, body }));
+    return this.api.call('create', 'leases', { method: 'POST', path: LEASES, body });
   }
 
-  private spec(): V1Lease['spec'] {
+  private spec(): Lease['spec'] {
     return {
       holderIdentity: this.opts.nodeName,
       leaseDurationSeconds: Math.round(this.opts.durationMs / 1000),
-      // MicroTime: the API server wants exactly six fractional digits.
-      renewTime: new V1MicroTime(),
+      renewTime: microTime(new Date()),
     };
   }
 
-  private owners(lease: V1Lease | undefined): V1OwnerReference[] | undefined {
+  private owners(lease: Lease | undefined): V1OwnerReference[] | undefined {
     const uid = this.opts.nodeUid();
     if (!uid) return lease?.metadata?.ownerReferences;
     return [{ apiVersion: 'v1', kind: 'Node', name: this.opts.nodeName, uid }];

@@ -3,14 +3,14 @@
 // Node is registered again and a Ready condition overwritten by someone else is put right, and renews the
 // Lease. Steady state costs ~6.3 requests a minute: 6 Lease renewals, a status patch every 5 minutes and
 // a watch re-established every 5–10 minutes.
-import { PatchStrategy, setHeaderOptions, type V1Node, type V1NodeList } from '@kubernetes/client-node';
+import type { V1Node, V1NodeList } from '@kubernetes/client-node';
 import type { Config } from '../../config/schema.ts';
 import type { HypervisorProbe } from '../../drivers/probe.ts';
 import type { HostFacts, HostSample } from '../../host/facts.ts';
 import type { Logger } from '../../observability/log.ts';
 import type { AgentMetrics } from '../../observability/metrics.ts';
 import { sleep } from '../backoff.ts';
-import { describeApiError, httpStatus, type KubeApi } from '../client.ts';
+import { describeApiError, httpStatus, PATCH, type KubeApi } from '../client.ts';
 import { Reflector } from '../reflector.ts';
 import { NodeLease } from './lease.ts';
 import { labelDrift, newNode, nodeStatus, statusChanged, type NodeStatus } from './node-object.ts';
@@ -56,8 +56,7 @@ export class NodeController {
     this.reflector = new Reflector<V1Node>({
       resource: 'nodes',
       api,
-      list: () =>
-        api.call<V1NodeList>('list', 'nodes', () => api.core.listNode({ fieldSelector: `metadata.name=${name}` })),
+      list: () => api.call<V1NodeList>('list', 'nodes', { method: 'GET', path: '/api/v1/nodes', query: { fieldSelector: `metadata.name=${name}` } }),
       watchPath: '/api/v1/nodes',
       watchQuery: { fieldSelector: `metadata.name=${name}` },
       handler: {
@@ -72,6 +71,10 @@ export class NodeController {
       void this.lease.renew();
       this.requestPost('recovered');
     });
+  }
+
+  private get nodePath(): string {
+    return `/api/v1/nodes/${encodeURIComponent(this.config.nodeName)}`;
   }
 
   get nodeUid(): string | undefined {
@@ -91,11 +94,11 @@ export class NodeController {
     const inputs = { config: this.config, facts: this.sensors.facts, hypervisor: await this.currentHypervisor(true) };
     let node: V1Node;
     try {
-      node = await this.api.call('create', 'nodes', () => this.api.core.createNode({ body: newNode(inputs) }));
+      node = await this.api.call<V1Node>('create', 'nodes', { method: 'POST', path: '/api/v1/nodes', body: newNode(inputs) });
       this.log.info({ uid: node.metadata?.uid }, 'registered Node');
     } catch (err) {
       if (httpStatus(err) !== 409) throw err;
-      node = await this.api.call('get', 'nodes', () => this.api.core.readNode({ name: this.config.nodeName }));
+      node = await this.api.call<V1Node>('get', 'nodes', { method: 'GET', path: this.nodePath });
       this.log.info({ uid: node.metadata?.uid }, 'adopted existing Node');
       await this.fixLabels(node);
     }
@@ -155,12 +158,12 @@ export class NodeController {
     if (onlyIfChanged && !statusChanged(this.posted, status)) return;
     if (this.posted && statusChanged(this.posted, status)) this.logTransitions(this.posted, status);
     try {
-      const node = await this.api.call('patch', 'nodes/status', () =>
-        this.api.core.patchNodeStatus(
-          { name: this.config.nodeName, body: { status } },
-          setHeaderOptions('Content-Type', PatchStrategy.StrategicMergePatch),
-        ),
-      );
+      const node = await this.api.call<V1Node>('patch', 'nodes/status', {
+        method: 'PATCH',
+        path: `${this.nodePath}/status`,
+        body: { status },
+        contentType: PATCH.strategic,
+      });
       this.uid = node.metadata?.uid ?? this.uid;
       this.posted = status;
       this.postedAt = Date.now();
@@ -232,11 +235,6 @@ export class NodeController {
     const drift = labelDrift(node, { config: this.config, facts: this.sensors.facts, hypervisor: await this.currentHypervisor() });
     if (!drift) return;
     this.log.info({ labels: drift }, 'restoring Node labels vmlet owns');
-    await this.api.call('patch', 'nodes', () =>
-      this.api.core.patchNode(
-        { name: this.config.nodeName, body: { metadata: { labels: drift } } },
-        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-      ),
-    );
+    await this.api.call('patch', 'nodes', { method: 'PATCH', path: this.nodePath, body: { metadata: { labels: drift } }, contentType: PATCH.merge });
   }
 }
