@@ -5,6 +5,7 @@ import { ConfigError, SETTINGS, loadConfig } from '../config/load.ts';
 import { Daemon, StartupError } from '../daemon.ts';
 import { KubeconfigError } from '../kube/errors.ts';
 import { createLogger } from '../observability/log.ts';
+import { addImageCommands } from './image.ts';
 import { KUBELET_VERSION, VMLET_VERSION } from '../version.ts';
 
 const STOP_TIMEOUT_MS = 15_000;
@@ -32,6 +33,8 @@ export function buildProgram(): Command {
     if (opts.taint === false) flags.registerWithTaint = ['none'];
     process.exitCode = await runDaemon(opts.config as string | undefined, flags);
   });
+
+  addImageCommands(program);
 
   program
     .command('version')
@@ -84,13 +87,19 @@ async function runDaemon(configFile: string | undefined, flags: Record<string, u
   return stopped;
 }
 
+/** Errors of the image layer that explain themselves in their message (a reason, image, layer and cause). */
+const USER_FACING = new Set(['PullError', 'ImportError', 'RegistryError', 'ImageFormatError', 'ContentError', 'AppleLz4Error', 'DecodedMismatchError']);
+function isUserFacing(err: unknown): boolean {
+  return err instanceof Error && USER_FACING.has(err.name);
+}
+
 /** Entry point: runs the program and maps known errors to one-line messages and exit codes. */
 export async function main(argv: string[] = process.argv): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {
-    const known = err instanceof ConfigError || err instanceof KubeconfigError || err instanceof StartupError;
-    const text = known ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
+    const known = err instanceof ConfigError || err instanceof KubeconfigError || err instanceof StartupError || isUserFacing(err);
+    const text = known ? (err as Error).message : err instanceof Error ? (err.stack ?? err.message) : String(err);
     process.stderr.write(`vmlet: ${text}\n`);
     process.exitCode = err instanceof ConfigError ? 2 : 1;
   }
