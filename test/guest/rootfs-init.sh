@@ -1,0 +1,33 @@
+#!/bin/sh
+# Stage 2 of the vmlet test guest: /sbin/init on the ext4 root disk, PID 1 after switch_root. It sets up
+# what the agent expects of a system (mounts, hostname, loopback, eth0 when there is a NIC), runs the
+# agent, and powers the VM off when the agent exits, so that an exiting agent is a clean QEMU exit.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+
+# The host may name the guest with vmlet.hostname=NAME on the kernel command line. Dotted parameters
+# are left to modules by the kernel, so this one reaches only us, through /proc/cmdline.
+name=vmlet-guest
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in vmlet.hostname=*) name="${arg#vmlet.hostname=}" ;; esac
+done
+hostname "$name"
+
+ip link set lo up
+# QEMU user networking (slirp) always hands out 10.0.2.15 with gateway 10.0.2.2 and DNS 10.0.2.3, so a
+# static address saves a DHCP round trip at every boot.
+if [ -e /sys/class/net/eth0 ]; then
+  ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2 ||
+    echo "vmlet-init: could not configure eth0" >&2
+fi
+
+node /usr/lib/vmlet/agent.cjs
+status=$?
+echo "vmlet-init: agent exited with status $status; powering off"
+sync
+poweroff -f
