@@ -70,6 +70,15 @@ export function hostIPs(): string[] {
   return [...usable.filter((a) => a.family === 'IPv4'), ...usable.filter((a) => a.family === 'IPv6')].map((a) => a.address);
 }
 
+/** Identifies this boot of the host: data only in the page cache when a file recorded it may be gone after a change. */
+export async function bootId(): Promise<string> {
+  if (process.platform === 'darwin') {
+    const { stdout } = await run('sysctl', ['-n', 'kern.boottime']).catch(() => ({ stdout: '' }));
+    return stdout.trim();
+  }
+  return firstLine(['/proc/sys/kernel/random/boot_id']);
+}
+
 export async function sampleHost(cacheDir: string): Promise<HostSample> {
   const [memoryAvailableBytes, disk, pids] = await Promise.all([memoryAvailable(), diskOf(cacheDir), pidUsage()]);
   return { memoryAvailableBytes, diskTotalBytes: disk.total, diskAvailableBytes: disk.available, ...(pids ? { pids } : {}) };

@@ -10,7 +10,6 @@ import path from 'node:path';
 import { createGunzip, gunzipSync } from 'node:zlib';
 import type { Logger } from 'pino';
 import { vmImageLayout, type DiskChunk, type VmImageLayout } from './formats/layout.ts';
-import { Lz4WorkerPool } from './lz4/worker.ts';
 import type { RegistryClient } from './registry/client.ts';
 import { parseImageRef, type ImageRef } from './registry/reference.ts';
 import type { ImageManifest, Platform } from './registry/types.ts';
@@ -25,7 +24,9 @@ import {
   type ImageStore,
   type StoredImage,
 } from './store/image-store.ts';
+import { ChunkWriterPool } from './store/chunk-writer.ts';
 import { SparseFile } from './store/sparse-file.ts';
+import { bootId } from '../host/facts.ts';
 import { withDirLock } from './store/lock.ts';
 
 export interface PullProgress {
@@ -41,7 +42,8 @@ export interface PullOptions {
   registry: RegistryClient;
   image: string;
   platform?: Platform;
-  pool?: Lz4WorkerPool;
+  /** Threads that decode and write disk chunks; default: a pool of 2 for this pull. */
+  writers?: ChunkWriterPool;
   /** Chunks fetched at once (default 3: network and two decode workers stay busy on 2 cores). */
   concurrency?: number;
   onProgress?: (p: PullProgress) => void;
@@ -69,6 +71,8 @@ export class PullError extends Error {
 }
 
 interface PullState {
+  /** The host boot that wrote `done`: after a reboot, chunks recorded as done are verified again. */
+  bootId?: string;
   done: number[];
   /** Chunks a previous attempt wrote into: rewritten whole (zeros included) on retry. */
   touched: number[];
@@ -112,6 +116,12 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
     .catch(() => ({ done: [], touched: [] }));
   // Saves are serialised: concurrent chunk workers must not interleave the write-then-rename.
   let saving = Promise.resolve();
+  const boot = await bootId();
+  if (state.bootId !== undefined && state.bootId !== boot && state.done.length > 0) {
+    // Chunks are not fsynced one by one, so what a crashed boot recorded as done may not be on disk.
+    state.done = await stillValid(path.join(dir, DISK_FILE), layout.chunks.filter((c) => state.done.includes(c.index)));
+  }
+  state.bootId = boot;
   const saveState = () => {
     saving = saving.then(async () => {
       await writeFile(`${statePath}.tmp`, JSON.stringify(state));
@@ -127,8 +137,8 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
     opts.onProgress?.({ layer: 'image', phase: 'downloading', bytes: [...progress.values()].reduce((a, b) => a + b, 0), total });
   };
 
-  const ownPool = opts.pool ? undefined : new Lz4WorkerPool({ size: 2 });
-  const pool = opts.pool ?? ownPool!;
+  const ownPool = opts.writers ? undefined : new ChunkWriterPool(2);
+  const writers = opts.writers ?? ownPool!;
   const disk = await SparseFile.open(path.join(dir, DISK_FILE), layout.diskSize);
   let downloaded = 0;
   let reused = 0;
@@ -164,7 +174,7 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
           reused += chunk.size;
           report(chunk.index, 'reused', chunk.size, chunk.size);
         } else {
-          await downloadChunk(opts, pool, ref, chunk, disk, sparse, (bytes) => report(chunk.index, 'downloading', bytes, chunk.size));
+          await downloadChunk(opts, writers, ref, chunk, path.join(dir, DISK_FILE), disk, sparse, (bytes) => report(chunk.index, 'downloading', bytes, chunk.size));
           downloaded += chunk.descriptor.size;
           report(chunk.index, 'done', chunk.size, chunk.size);
         }
@@ -189,25 +199,22 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
 
 async function downloadChunk(
   opts: PullOptions,
-  pool: Lz4WorkerPool,
+  writers: ChunkWriterPool,
   ref: ImageRef,
   chunk: DiskChunk,
+  file: string,
   disk: SparseFile,
   sparse: boolean,
   onBytes: (uncompressed: number) => void,
 ): Promise<void> {
   const compressed = opts.registry.downloadBlob(ref, chunk.descriptor, { signal: opts.signal });
-  let position = chunk.offset;
   if (chunk.encoding === 'apple-lz4') {
-    const job = pool.decode(compressed, { expect: { size: chunk.size, digest: chunk.digest } });
-    for await (const out of job) {
-      await disk.write(position, out, sparse);
-      position += out.length;
-      onBytes(position - chunk.offset);
-    }
-    await job.result;
+    // Decoded, hashed and written on a worker thread; the compressed digest is checked by the download,
+    // the uncompressed digest by the worker, and both must pass for the chunk to count.
+    await writers.write({ file, offset: chunk.offset, sparse, expect: { size: chunk.size, digest: chunk.digest }, source: compressed, onProgress: onBytes });
     return;
   }
+  let position = chunk.offset;
   // Agoda's gzip disk: zlib inflates on libuv's thread pool, so it too runs beside the download.
   const gunzip = createGunzip();
   const hash = createHash('sha256');
@@ -226,6 +233,29 @@ async function downloadChunk(
   if (position - chunk.offset !== chunk.size || actual !== chunk.digest) {
     throw new PullError('DigestMismatch', `layer ${chunk.descriptor.digest} decompresses to ${position - chunk.offset} bytes with digest ${actual}, but its annotations say ${chunk.size} bytes with ${chunk.digest}`);
   }
+}
+
+/** The chunks whose bytes in the disk file still hash to their digest. */
+async function stillValid(file: string, chunks: DiskChunk[]): Promise<number[]> {
+  const valid: number[] = [];
+  const handle = await open(file, 'r').catch(() => undefined);
+  if (!handle) return valid;
+  try {
+    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+    for (const chunk of chunks) {
+      const hash = createHash('sha256');
+      for (let done = 0; done < chunk.size; ) {
+        const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, chunk.size - done), chunk.offset + done);
+        if (bytesRead === 0) break;
+        hash.update(buf.subarray(0, bytesRead));
+        done += bytesRead;
+      }
+      if (`sha256:${hash.digest('hex')}` === chunk.digest) valid.push(chunk.index);
+    }
+  } finally {
+    await handle.close();
+  }
+  return valid;
 }
 
 /** Copies a chunk from another image's disk; its digest is checked again, as that file could have changed. */

@@ -3,16 +3,17 @@
 // across images, Agoda's format, and faults (cut, corrupt byte) injected by a TCP proxy.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, before, test } from 'node:test';
 import { RegistryClient } from '../../src/images/registry/client.ts';
 import { bufferSource } from '../../src/images/registry/sources.ts';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.ts';
-import { createFixtureDir, removeFixtureDir } from '../harness/processes.ts';
+import { createFixtureDir, removeFixtureDir, waitFor } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
-import { runVmlet } from '../harness/vmlet.ts';
+import { runVmlet, VMLET_BIN } from '../harness/vmlet.ts';
 
 const MiB = 1024 * 1024;
 let secure: Registry;
@@ -228,4 +229,44 @@ test('rm removes an image and prune empties the store down to its budget', async
   const missing = await vmlet(store, 'rm', 'nope:1');
   assert.equal(missing.code, 2);
   assert.match(missing.stderr, /^vmlet: image nope:1 is not in the store/);
+});
+
+test('a pull killed with SIGKILL resumes from its verified chunks, and re-checks them after a reboot', async () => {
+  const store = path.join(dir, 'store-kill');
+  const image = `${proxy.host}/vms/guest:v1`;
+  const manifest = JSON.parse((await vmlet(path.join(dir, 'store-a'), 'inspect', 'guest:v1')).stdout) as { manifest: { layers: Array<{ mediaType: string; digest: string; size: number }> } };
+  const disks = manifest.manifest.layers.filter((l) => l.mediaType.endsWith('disk.v2'));
+  // Hold the last disk chunk's download forever, so the pull is stuck with the others done.
+  const last = disks[disks.length - 1]!;
+  proxy.addFault({ action: { kind: 'stall' }, at: 0, match: `GET /v2/vms/guest/blobs/${last.digest}`, times: Infinity });
+  const child = spawn(process.execPath, [VMLET_BIN, 'image', 'pull', image, `--store=${store}`], { stdio: 'ignore' });
+  const partial = await waitFor('chunks recorded as done', async () => {
+    const images = await readdir(path.join(store, 'images')).catch(() => [] as string[]);
+    const p = images.find((e) => e.startsWith('.partial-'));
+    if (!p) return undefined;
+    const state = JSON.parse(await readFile(path.join(store, 'images', p, 'state.json'), 'utf8').catch(() => '{"done":[]}')) as { done: number[] };
+    return state.done.length >= disks.length - 1 ? path.join(store, 'images', p) : undefined;
+  }, { timeoutMs: 60_000 });
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  proxy.clearFaults();
+
+  // As if the host had rebooted with one chunk lost from the page cache: the resumed pull must notice.
+  const statePath = path.join(partial, 'state.json');
+  const state = JSON.parse(await readFile(statePath, 'utf8')) as { bootId: string; done: number[] };
+  state.bootId = 'another-boot';
+  await writeFile(statePath, JSON.stringify(state));
+  const fd = await open(path.join(partial, 'disk.img'), 'r+');
+  await fd.write(Buffer.from('garbage'), 0, 7, 6 * MiB + 100); // inside the second chunk (random bytes)
+  await fd.close();
+
+  const resumed = await vmlet(store, 'pull', image);
+  assert.equal(resumed.code, 0, resumed.stderr);
+  const m = /\(([\d.]+) MiB downloaded/.exec(resumed.stdout);
+  const total = disks.reduce((n, l) => n + l.size, 0) / MiB;
+  assert.ok(m && Number(m[1]) < total * 0.75, `resumed pull downloaded ${m?.[1]} of ${total.toFixed(1)} MiB`);
+  const out = path.join(dir, 'exported-kill');
+  assert.equal((await vmlet(store, 'export', image, out)).code, 0);
+  const original = await readFile(path.join(dir, 'exported', 'disk.img'));
+  assert.equal(sha(await readFile(path.join(out, 'disk.img'))), sha(original), 'the corrupted chunk was fetched again');
 });

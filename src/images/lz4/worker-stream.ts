@@ -3,7 +3,8 @@
 // thread boundary (credits both ways, see protocol.ts): about maxInputInFlight + outputWindow + one
 // block per stream. worker.ts is the public face; worker-pool.ts shares workers between streams.
 import { Duplex } from 'node:stream';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { spawnModuleWorker } from '../threads.ts';
 import type { DecodeExpectation, DecodedDigest } from './digest.ts';
 import { DEFAULT_MAX_BLOCK_SIZE } from './format.ts';
 import { fromWire, type FromWorker, type ToWorker } from './protocol.ts';
@@ -32,17 +33,7 @@ let nextId = 1;
 
 /** Starts the decoding thread: the .ts entry through tsx when running from source, else the .js. */
 export function spawnDecodeWorker(): Worker {
-  const here = import.meta.url;
-  if (here.endsWith('.ts')) {
-    // Node 20 does not apply the parent's --import hooks to workers (nodejs/node#47747, tsx#354), so the
-    // worker loads tsx itself and imports the entry through tsx's tsImport. Only in development: the
-    // built code (dist/*.js) takes the branch below and needs no tsx.
-    const entry = new URL('./worker-entry.ts', here).href;
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const boot = `import(${JSON.stringify(tsx)}).then((tsx) => tsx.tsImport(${JSON.stringify(entry)}, ${JSON.stringify(entry)}))`;
-    return new Worker(boot, { eval: true, execArgv: [] });
-  }
-  return new Worker(new URL('./worker-entry.js', here));
+  return spawnModuleWorker(import.meta.url, 'worker-entry');
 }
 
 /**
