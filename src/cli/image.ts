@@ -31,7 +31,8 @@ export function addImageCommands(program: Command): void {
 
   common(image.command('pull <image>').description('Pull a VM image (Tart or Agoda format) into the store'))
     .option('--platform <os/arch>', 'platform to pick from an index (default: this host)')
-    .action(async (ref: string, flags: CommonFlags & { platform?: string }) => {
+    .option('--budget <bytes>', 'bytes the store may hold; least recently used images go first to make room (e.g. 200Gi)')
+    .action(async (ref: string, flags: CommonFlags & { platform?: string; budget?: string }) => {
       const { store, registry } = await open(flags);
       const progress = createProgress();
       try {
@@ -41,6 +42,7 @@ export function addImageCommands(program: Command): void {
           registry,
           image: ref,
           ...(os && architecture ? { platform: { os, architecture } } : {}),
+          ...(flags.budget ? { budgetBytes: quantity('--budget', flags.budget) } : {}),
           onProgress: (p) => progress.update(p.layer === 'image' ? 'total' : `layer ${p.layer}`, p.bytes, p.total),
         });
         progress.stop();
@@ -97,13 +99,7 @@ export function addImageCommands(program: Command): void {
     .option('--budget <bytes>', 'bytes to keep at most, e.g. 200Gi (default 0: everything not in use)', '0')
     .action(async (flags: CommonFlags & { budget: string }) => {
       const { store } = await open(flags, false);
-      let budget: number;
-      try {
-        budget = parseQuantity(flags.budget);
-      } catch (err) {
-        throw new ConfigError(`--budget: ${(err as Error).message}`);
-      }
-      const removed = await store.prune(budget);
+      const removed = await store.prune(quantity('--budget', flags.budget));
       for (const image of removed) console.log(`removed ${image.names.join(',') || image.digest} (${gib(image.diskUsage)})`);
       if (removed.length === 0) console.log('nothing to remove');
     });
@@ -157,6 +153,14 @@ async function open(flags: CommonFlags, withRegistry = true): Promise<{ store: I
       })
     : (undefined as unknown as RegistryClient);
   return { store, registry };
+}
+
+function quantity(flag: string, text: string): number {
+  try {
+    return parseQuantity(text);
+  } catch (err) {
+    throw new ConfigError(`${flag}: ${(err as Error).message}`);
+  }
 }
 
 async function find(store: ImageStore, ref: string): Promise<StoredImage> {

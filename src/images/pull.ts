@@ -5,7 +5,7 @@
 // uncompressed digest before it counts as done; state.json records finished chunks so that a pull killed
 // at any moment resumes where it stopped; the image appears under its digest only once complete.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createGunzip, gunzipSync } from 'node:zlib';
 import type { Logger } from 'pino';
@@ -49,6 +49,8 @@ export interface PullOptions {
   onProgress?: (p: PullProgress) => void;
   signal?: AbortSignal;
   log?: Logger;
+  /** Bytes the store may hold; least recently used images are removed first to make room. */
+  budgetBytes?: number;
 }
 
 export interface PullResult {
@@ -78,6 +80,9 @@ interface PullState {
   touched: number[];
 }
 
+/** Uncompressed bytes written between two background flushes of the disk file. */
+const FLUSH_EVERY = 256 * 1024 * 1024;
+
 // Two pulls of one image in this process share one download.
 const inflight = new Map<string, Promise<PullResult>>();
 
@@ -91,6 +96,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     await opts.store.tag(name, digest);
     return { image: (await opts.store.get(digest))!, downloaded: 0, reused: 0, alreadyPresent: true };
   }
+  await makeRoom(opts, layout, digest);
   const key = `${opts.store.root}\0${digest}`;
   let pending = inflight.get(key);
   if (!pending) {
@@ -159,6 +165,19 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
 
     const todo = layout.chunks.filter((c) => !state.done.includes(c.index));
     for (const c of layout.chunks) if (state.done.includes(c.index)) report(c.index, 'done', c.size, c.size);
+    // Flushing the disk file while chunks are still arriving overlaps the disk's work with the network's
+    // and the decoder's, instead of one long sync at the end.
+    let unsynced = 0;
+    let flushing: Promise<void> = Promise.resolve();
+    let flushError: Error | undefined;
+    const flushSoon = (bytes: number) => {
+      unsynced += bytes;
+      if (unsynced < FLUSH_EVERY) return;
+      unsynced = 0;
+      flushing = flushing.then(() => disk.sync()).catch((err: Error) => {
+        flushError ??= err;
+      });
+    };
     const queue = [...todo];
     const workers = Array.from({ length: Math.min(opts.concurrency ?? 3, queue.length) }, async () => {
       for (let chunk = queue.shift(); chunk; chunk = queue.shift()) {
@@ -180,9 +199,12 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
         }
         state.done.push(chunk.index);
         await saveState();
+        flushSoon(chunk.size);
       }
     });
     await Promise.all(workers);
+    await flushing;
+    if (flushError) throw flushError;
     await disk.sync();
   } catch (err) {
     throw asPullError(err, name);
@@ -233,6 +255,24 @@ async function downloadChunk(
   if (position - chunk.offset !== chunk.size || actual !== chunk.digest) {
     throw new PullError('DigestMismatch', `layer ${chunk.descriptor.digest} decompresses to ${position - chunk.offset} bytes with digest ${actual}, but its annotations say ${chunk.size} bytes with ${chunk.digest}`);
   }
+}
+
+/**
+ * Before a pull that would not fit — in the store's budget, or on its volume — removes least recently
+ * used images (never one in use, never the one being pulled) until it does. The disk may need up to its
+ * uncompressed size (sparse files take less), plus 128 MiB of slack for the small blobs.
+ */
+async function makeRoom(opts: PullOptions, layout: VmImageLayout, digest: string): Promise<void> {
+  const need = layout.diskSize + 128 * 1024 * 1024;
+  const images = await opts.store.list();
+  const used = images.reduce((n, i) => n + i.diskUsage, 0);
+  let budget = Infinity;
+  if (opts.budgetBytes !== undefined) budget = opts.budgetBytes - need;
+  const fs = await statfs(opts.store.root).catch(() => undefined);
+  if (fs) budget = Math.min(budget, used + fs.bavail * fs.bsize - need);
+  if (used <= budget) return;
+  const removed = await opts.store.prune(Math.max(0, budget), [digest]);
+  if (removed.length) opts.log?.info({ removed: removed.map((i) => i.names[0] ?? i.digest) }, 'removed least recently used images to make room');
 }
 
 /** The chunks whose bytes in the disk file still hash to their digest. */

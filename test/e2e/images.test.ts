@@ -270,3 +270,32 @@ test('a pull killed with SIGKILL resumes from its verified chunks, and re-checks
   const original = await readFile(path.join(dir, 'exported', 'disk.img'));
   assert.equal(sha(await readFile(path.join(out, 'disk.img'))), sha(original), 'the corrupted chunk was fetched again');
 });
+
+test('two pulls of one image at the same time share one download', async () => {
+  const store = path.join(dir, 'store-twice');
+  const image = `${proxy.host}/vms/guest:v1`;
+  const before = proxy.bytesToClient;
+  const [a, b] = await Promise.all([vmlet(store, 'pull', image), vmlet(store, 'pull', image)]);
+  assert.equal(a.code, 0, a.stderr);
+  assert.equal(b.code, 0, b.stderr);
+  const inspect = JSON.parse((await vmlet(store, 'inspect', image)).stdout) as { manifest: { layers: Array<{ size: number }> } };
+  const imageBytes = inspect.manifest.layers.reduce((n, l) => n + l.size, 0);
+  const moved = proxy.bytesToClient - before;
+  assert.ok(moved < imageBytes * 1.5, `${moved} bytes moved for an image of ${imageBytes}: downloaded twice`);
+  assert.equal([a.stdout, b.stdout].filter((s) => /already present/.test(s)).length, 1, 'the second one found the first one\'s image');
+});
+
+test('a pull beyond the store budget first removes the least recently used image', async () => {
+  const store = path.join(dir, 'store-budget');
+  assert.equal((await vmlet(store, 'pull', `${plain.host}/vms/guest:v1`)).code, 0);
+  assert.equal((await vmlet(store, 'pull', `${proxy.host}/agoda/macos:15`)).code, 0);
+  // Budget for about one guest image: the older (v1) must go, the Agoda image stays.
+  const ls = JSON.parse((await vmlet(store, 'ls', '--json')).stdout) as Array<{ names: string[]; diskSize: number }>;
+  const guest = ls.find((i) => i.names.some((n) => n.endsWith('guest:v1')))!;
+  const budget = guest.diskSize + 128 * MiB + 8 * MiB;
+  const pulled = await vmlet(store, 'pull', `${secure.host}/vms/guest:v2`, `--ca-file=${secure.caFile}`, `--docker-config=${dockerConfig}`, `--budget=${budget}`);
+  assert.equal(pulled.code, 0, pulled.stderr);
+  const names = (JSON.parse((await vmlet(store, 'ls', '--json')).stdout) as Array<{ names: string[] }>).flatMap((i) => i.names);
+  assert.ok(!names.some((n) => n.endsWith('/vms/guest:v1')), `v1 removed: ${names.join(', ')}`);
+  assert.ok(names.some((n) => n.endsWith('/vms/guest:v2')));
+});
