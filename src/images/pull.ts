@@ -27,7 +27,7 @@ import {
 import { ChunkWriterPool } from './store/chunk-writer.ts';
 import { SparseFile } from './store/sparse-file.ts';
 import { bootId } from '../host/facts.ts';
-import { withDirLock } from './store/lock.ts';
+import { withDirLock } from '../host/dir-lock.ts';
 
 export interface PullProgress {
   /** Chunk index in the manifest, or 'image' for totals. */

@@ -1,12 +1,13 @@
 // Builds Kubernetes' own kube-apiserver and kubectl from the k8s.io/kubernetes version pinned in
 // tools/k8s/go.mod, into a per-version cache (~/.cache/vmlet/k8s-<version>/bin) shared by every checkout.
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { logTail, spawnTracked, stopProcess } from './processes.ts';
+import { tryDirLock } from '../../src/host/dir-lock.ts';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const K8S_TOOLS_DIR = join(REPO_ROOT, 'tools', 'k8s');
@@ -54,7 +55,7 @@ export async function ensureKubernetesBinaries(log: (msg: string) => void): Prom
   const versionDir = join(cacheRoot(), `k8s-${version}`);
   await mkdir(versionDir, { recursive: true });
   const lock = join(versionDir, 'build.lock');
-  while (!(await tryLock(lock))) {
+  while (!(await tryDirLock(lock))) {
     log(`waiting for another process building Kubernetes ${version} (${lock})`);
     await sleep(10_000);
     if (built()) return bins;
@@ -117,34 +118,3 @@ function goBinary(): string {
   throw new Error('Go is needed to build kube-apiserver and kubectl, and none is on PATH or in /usr/local/go');
 }
 
-/**
- * mkdir is atomic, so a directory is the lock, with its owner's pid inside. A lock whose owner is
- * gone (a killed build) is stale: remove it and try again.
- */
-async function tryLock(lock: string): Promise<boolean> {
-  try {
-    await mkdir(lock);
-    await writeFile(join(lock, 'pid'), String(process.pid));
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  const pidText = await readFile(join(lock, 'pid'), 'utf8').catch(() => undefined);
-  // No pid file: the owner is between mkdir and writeFile, or died right there; only age tells which.
-  const stale =
-    pidText === undefined
-      ? Date.now() - (await stat(lock).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs > 30_000
-      : !isAlive(Number(pidText));
-  if (!stale) return false;
-  await rm(lock, { recursive: true, force: true });
-  return tryLock(lock);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

@@ -4,20 +4,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AppleLz4Error, AppleLz4Parser, encodeAppleLz4 } from '../../../src/images/lz4/apple-lz4.ts';
+import { rng } from '../helpers/rng.ts';
 
 const TIME_BUDGET_MS = 4000;
 const MAX_BLOCK = 256 * 1024;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function sample(r: () => number): Buffer {
   const n = Math.floor(r() * 40_000);

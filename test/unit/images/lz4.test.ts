@@ -11,6 +11,7 @@ import {
   encodeBlocks,
   type AppleLz4Reason,
 } from '../../../src/images/lz4/apple-lz4.ts';
+import { rng } from '../helpers/rng.ts';
 
 // --- building streams by hand -------------------------------------------------------------------
 
@@ -67,17 +68,6 @@ function rejects(fn: () => unknown, reason: AppleLz4Reason, offset?: number): Ap
 
 // --- data -----------------------------------------------------------------------------------------
 
-/** Deterministic PRNG (mulberry32), so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomData(n: number, seed: number): Buffer {
   const r = rng(seed);

@@ -8,6 +8,7 @@ import { mergeScopes, parseChallenges } from '../../../src/images/registry/auth.
 import { RegistryClient } from '../../../src/images/registry/client.ts';
 import type { Credentials } from '../../../src/images/registry/credentials.ts';
 import { RegistryError } from '../../../src/images/registry/errors.ts';
+import { listenLocal } from '../helpers/local-http.ts';
 
 const closers: (() => Promise<void>)[] = [];
 after(async () => {
@@ -24,14 +25,9 @@ async function serve(handler: (req: IncomingMessage, res: ServerResponse, body: 
       handler(req, res, body);
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(() => new Promise((resolve) => {
-    server.closeAllConnections();
-    server.close(() => resolve());
-  }));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-  return { host: `127.0.0.1:${address.port}`, requests };
+  const { port, close } = await listenLocal(server);
+  closers.push(close);
+  return { host: `127.0.0.1:${port}`, requests };
 }
 
 test('WWW-Authenticate: several challenges, quoted values with commas and escapes, bare values', () => {

@@ -8,6 +8,7 @@ import { after, test } from 'node:test';
 import { RegistryClient } from '../../../src/images/registry/client.ts';
 import { digestOf } from '../../../src/images/registry/digest.ts';
 import { RegistryError } from '../../../src/images/registry/errors.ts';
+import { listenLocal } from '../helpers/local-http.ts';
 
 type Handler = (req: IncomingMessage, res: ServerResponse, n: number) => void;
 
@@ -23,14 +24,9 @@ async function serve(handler: Handler): Promise<{ host: string; requests: Incomi
     requests.push(req);
     handler(req, res, requests.length);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(() => new Promise((resolve) => {
-    server.closeAllConnections();
-    server.close(() => resolve());
-  }));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-  return { host: `127.0.0.1:${address.port}`, requests };
+  const { port, close } = await listenLocal(server);
+  closers.push(close);
+  return { host: `127.0.0.1:${port}`, requests };
 }
 
 function client(host: string, extra: ConstructorParameters<typeof RegistryClient>[0] = {}): RegistryClient {

@@ -10,6 +10,7 @@ import { RegistryError } from '../../../src/images/registry/errors.ts';
 import { MediaType } from '../../../src/images/registry/media-types.ts';
 import { selectManifest } from '../../../src/images/registry/platform.ts';
 import type { ImageIndex } from '../../../src/images/registry/types.ts';
+import { listenLocal } from '../helpers/local-http.ts';
 
 const closers: (() => Promise<void>)[] = [];
 after(async () => {
@@ -27,14 +28,9 @@ async function serve(routes: Record<string, Route>): Promise<{ host: string; req
     res.writeHead(404, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ errors: [{ code: 'MANIFEST_UNKNOWN', message: 'manifest unknown' }] }));
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(() => new Promise((resolve) => {
-    server.closeAllConnections();
-    server.close(() => resolve());
-  }));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-  return { host: `127.0.0.1:${address.port}`, requests };
+  const { port, close } = await listenLocal(server);
+  closers.push(close);
+  return { host: `127.0.0.1:${port}`, requests };
 }
 
 function client(host: string | undefined, extra: ConstructorParameters<typeof RegistryClient>[0] = {}): RegistryClient {

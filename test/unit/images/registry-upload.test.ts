@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 import { RegistryClient } from '../../../src/images/registry/client.ts';
 import { RegistryError } from '../../../src/images/registry/errors.ts';
 import { bufferSource, fileSource } from '../../../src/images/registry/sources.ts';
+import { listenLocal } from '../helpers/local-http.ts';
 
 const closers: (() => Promise<void>)[] = [];
 after(async () => {
@@ -135,14 +136,9 @@ async function fakeRegistry(opts: FakeOptions = {}) {
     res.writeHead(405);
     res.end();
   }
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(() => new Promise((resolve) => {
-    server.closeAllConnections();
-    server.close(() => resolve());
-  }));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-  const host = `127.0.0.1:${address.port}`;
+  const { port, close } = await listenLocal(server);
+  closers.push(close);
+  const host = `127.0.0.1:${port}`;
   const client = new RegistryClient({ plainHttpRegistries: [host], retry: { attempts: 3, initialDelayMs: 5, maxDelayMs: 20 } });
   closers.push(() => client.close());
   return { host, client, blobs, seen };
