@@ -299,3 +299,27 @@ test('a pull beyond the store budget first removes the least recently used image
   assert.ok(!names.some((n) => n.endsWith('/vms/guest:v1')), `v1 removed: ${names.join(', ')}`);
   assert.ok(names.some((n) => n.endsWith('/vms/guest:v2')));
 });
+
+test('a Linux guest image carries its kernel and initrd as vmlet layers through push and pull', async () => {
+  const src = path.join(dir, 'linux-src');
+  await mkdir(src, { recursive: true });
+  const files = { disk: randomBytes(2 * MiB), kernel: randomBytes(300_000), initrd: randomBytes(200_000) };
+  for (const [name, data] of Object.entries(files)) await writeFile(path.join(src, name), data);
+  await writeFile(path.join(src, 'vm.json'), JSON.stringify({ ...vmConfig, kernelCommandLine: 'console=ttyS0 quiet' }));
+  const storeA = path.join(dir, 'store-a');
+  const imported = await vmlet(storeA, 'import', 'linux:1', `--disk=${path.join(src, 'disk')}`, `--config=${path.join(src, 'vm.json')}`, `--kernel=${path.join(src, 'kernel')}`, `--initrd=${path.join(src, 'initrd')}`);
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.equal((await vmlet(storeA, 'push', 'linux:1', `${plain.host}/vms/linux:1`)).code, 0);
+  const store = path.join(dir, 'store-linux');
+  const pulled = await vmlet(store, 'pull', `${plain.host}/vms/linux:1`);
+  assert.equal(pulled.code, 0, pulled.stderr);
+  const inspect = JSON.parse((await vmlet(store, 'inspect', `${plain.host}/vms/linux:1`)).stdout) as { config: { kernelCommandLine: string }; manifest: { layers: Array<{ mediaType: string }> } };
+  assert.equal(inspect.config.kernelCommandLine, 'console=ttyS0 quiet');
+  const types = inspect.manifest.layers.map((l) => l.mediaType);
+  assert.ok(types.includes('application/vnd.vmlet.linux.kernel.v1') && types.includes('application/vnd.vmlet.linux.initrd.v1'), types.join(', '));
+  const out = path.join(dir, 'exported-linux');
+  assert.equal((await vmlet(store, 'export', `${plain.host}/vms/linux:1`, out)).code, 0);
+  assert.equal(sha(await readFile(path.join(out, 'kernel'))), sha(files.kernel));
+  assert.equal(sha(await readFile(path.join(out, 'initrd'))), sha(files.initrd));
+  assert.equal(sha(await readFile(path.join(out, 'disk.img'))), sha(files.disk));
+});
