@@ -1,23 +1,7 @@
-// Messages between worker-stream.ts (main thread) and worker-entry.ts (the decoding thread), and how errors
-// cross the thread boundary intact. Flow control is credit-based in both directions:
-// - main sends compressed chunks; the worker answers `consumed` once a chunk is decoded, and main keeps
-//   at most `maxInputInFlight` unanswered bytes (the writable side waits beyond that);
-// - the worker sends decoded chunks (ArrayBuffers, transferred) and stops decoding while `outputWindow`
-//   bytes are unacknowledged; main acknowledges them with `credit` once its reader has taken them.
+// How a decoding error crosses a worker-thread boundary intact (reason, offset, expected and actual
+// values), for the threads that decode disk chunks (images/store/chunk-writer.ts).
 import { AppleLz4Error, type AppleLz4Reason } from './format.ts';
-import { DecodedMismatchError, type DecodeExpectation, type DecodedDigest } from './digest.ts';
-
-export type ToWorker =
-  | { type: 'start'; id: number; maxBlockSize?: number; expect?: DecodeExpectation; outputWindow: number }
-  | { type: 'data'; id: number; chunk: ArrayBuffer }
-  | { type: 'end'; id: number }
-  | { type: 'credit'; id: number; bytes: number };
-
-export type FromWorker =
-  | { type: 'out'; id: number; chunks: ArrayBuffer[]; bytes: number }
-  | { type: 'consumed'; id: number; bytes: number }
-  | { type: 'done'; id: number; result: DecodedDigest }
-  | { type: 'error'; id: number; error: WireError };
+import { DecodedMismatchError } from './digest.ts';
 
 export type WireError =
   | { kind: 'lz4'; reason: AppleLz4Reason; offset: number; detail: string }
