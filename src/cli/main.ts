@@ -88,7 +88,7 @@ async function runDaemon(configFile: string | undefined, flags: Record<string, u
 }
 
 /** Errors of the image layer that explain themselves in their message (a reason, image, layer and cause). */
-const USER_FACING = new Set(['PullError', 'ImportError', 'RegistryError', 'ImageFormatError', 'ContentError', 'AppleLz4Error', 'DecodedMismatchError']);
+const USER_FACING = new Set(['PullError', 'ImageCorruptError', 'CloneError', 'ImportError', 'RegistryError', 'ImageFormatError', 'ContentError', 'AppleLz4Error', 'DecodedMismatchError']);
 function isUserFacing(err: unknown): boolean {
   return err instanceof Error && USER_FACING.has(err.name);
 }

@@ -26,6 +26,7 @@ import {
 } from './store/image-store.ts';
 import { ChunkWriterPool } from './store/chunk-writer.ts';
 import { SparseFile } from './store/sparse-file.ts';
+import { validChunks } from './store/verify.ts';
 import { bootId } from '../host/facts.ts';
 import { withDirLock } from '../host/dir-lock.ts';
 
@@ -80,9 +81,6 @@ interface PullState {
   touched: number[];
 }
 
-/** Uncompressed bytes written between two background flushes of the disk file. */
-const FLUSH_EVERY = 256 * 1024 * 1024;
-
 // Two pulls of one image in this process share one download.
 const inflight = new Map<string, Promise<PullResult>>();
 
@@ -125,7 +123,7 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
   const boot = await bootId();
   if (state.bootId !== undefined && state.bootId !== boot && state.done.length > 0) {
     // Chunks are not fsynced one by one, so what a crashed boot recorded as done may not be on disk.
-    state.done = await stillValid(path.join(dir, DISK_FILE), layout.chunks.filter((c) => state.done.includes(c.index)));
+    state.done = await validChunks(path.join(dir, DISK_FILE), layout.chunks.filter((c) => state.done.includes(c.index)));
   }
   state.bootId = boot;
   const saveState = () => {
@@ -165,19 +163,6 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
 
     const todo = layout.chunks.filter((c) => !state.done.includes(c.index));
     for (const c of layout.chunks) if (state.done.includes(c.index)) report(c.index, 'done', c.size, c.size);
-    // Flushing the disk file while chunks are still arriving overlaps the disk's work with the network's
-    // and the decoder's, instead of one long sync at the end.
-    let unsynced = 0;
-    let flushing: Promise<void> = Promise.resolve();
-    let flushError: Error | undefined;
-    const flushSoon = (bytes: number) => {
-      unsynced += bytes;
-      if (unsynced < FLUSH_EVERY) return;
-      unsynced = 0;
-      flushing = flushing.then(() => disk.sync()).catch((err: Error) => {
-        flushError ??= err;
-      });
-    };
     const queue = [...todo];
     const workers = Array.from({ length: Math.min(opts.concurrency ?? 3, queue.length) }, async () => {
       for (let chunk = queue.shift(); chunk; chunk = queue.shift()) {
@@ -199,13 +184,12 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
         }
         state.done.push(chunk.index);
         await saveState();
-        flushSoon(chunk.size);
       }
     });
+    // No fsync: writing the disk durably would make the pull wait for the disk (BENCHMARKS.md). The
+    // image keeps the boot that wrote it in state.json, and ImageStore.acquire re-verifies it before
+    // handing it to a VM after a reboot, when unsynced data could have been lost.
     await Promise.all(workers);
-    await flushing;
-    if (flushError) throw flushError;
-    await disk.sync();
   } catch (err) {
     throw asPullError(err, name);
   } finally {
@@ -273,29 +257,6 @@ async function makeRoom(opts: PullOptions, layout: VmImageLayout, digest: string
   if (used <= budget) return;
   const removed = await opts.store.prune(Math.max(0, budget), [digest]);
   if (removed.length) opts.log?.info({ removed: removed.map((i) => i.names[0] ?? i.digest) }, 'removed least recently used images to make room');
-}
-
-/** The chunks whose bytes in the disk file still hash to their digest. */
-async function stillValid(file: string, chunks: DiskChunk[]): Promise<number[]> {
-  const valid: number[] = [];
-  const handle = await open(file, 'r').catch(() => undefined);
-  if (!handle) return valid;
-  try {
-    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (const chunk of chunks) {
-      const hash = createHash('sha256');
-      for (let done = 0; done < chunk.size; ) {
-        const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, chunk.size - done), chunk.offset + done);
-        if (bytesRead === 0) break;
-        hash.update(buf.subarray(0, bytesRead));
-        done += bytesRead;
-      }
-      if (`sha256:${hash.digest('hex')}` === chunk.digest) valid.push(chunk.index);
-    }
-  } finally {
-    await handle.close();
-  }
-  return valid;
 }
 
 /** Copies a chunk from another image's disk; its digest is checked again, as that file could have changed. */

@@ -11,6 +11,8 @@ import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/p
 import path from 'node:path';
 import { ContentStore } from './content-store.ts';
 import { vmImageLayout, type VmImageLayout } from '../formats/layout.ts';
+import { bootId } from '../../host/facts.ts';
+import { validChunks } from './verify.ts';
 import type { ImageManifest } from '../oci.ts';
 
 export interface StoredImage {
@@ -142,12 +144,35 @@ export class ImageStore {
     return out.sort((a, b) => b.usedAt.getTime() - a.usedAt.getTime());
   }
 
-  /** Marks an image as used by `holder` (a VM) so that collection leaves it alone. */
+  /**
+   * Marks an image as used by `holder` (a VM) so that collection leaves it alone. An image pulled on an
+   * earlier boot is verified first: pulls do not fsync, so a crash may have lost some of its data. An
+   * image that fails is removed, with an error saying to pull it again.
+   */
   async acquire(digest: string, holder: string): Promise<void> {
+    await this.verifyAfterReboot(digest);
     const dir = path.join(this.root, 'in-use', hexOf(digest));
     await mkdir(dir, { recursive: true });
     await writeFile(path.join(dir, safeName(holder)), `${process.pid}\n`);
     await touch(path.join(this.imageDir(digest), MANIFEST_FILE));
+  }
+
+  private async verifyAfterReboot(digest: string): Promise<void> {
+    const dir = this.imageDir(digest);
+    const statePath = path.join(dir, 'state.json');
+    const state = await readFile(statePath, 'utf8').then((t) => JSON.parse(t) as { bootId?: string }).catch(() => undefined);
+    const boot = await bootId();
+    if (!state?.bootId || state.bootId === boot) return;
+    const image = await this.get(digest);
+    if (!image) throw new Error(`image ${digest} is not in the store`);
+    const valid = await validChunks(path.join(dir, DISK_FILE), image.layout.chunks);
+    const bad = image.layout.chunks.find((c) => !valid.includes(c.index));
+    if (bad) {
+      await this.remove(digest);
+      throw new ImageCorruptError(`image ${image.names[0] ?? digest} lost data in a crash (disk chunk ${bad.digest} does not match); it was removed: pull it again`);
+    }
+    // Read back after a reboot, the data is on disk: the image counts as written by this boot now.
+    await writeFile(statePath, JSON.stringify({ ...state, bootId: boot }));
   }
 
   async release(digest: string, holder: string): Promise<void> {
@@ -223,6 +248,11 @@ export class ImageStore {
     this.refsLock = next.catch(() => undefined);
     return next;
   }
+}
+
+export class ImageCorruptError extends Error {
+  override name = 'ImageCorruptError';
+  readonly reason = 'ImageCorrupt';
 }
 
 export function hexOf(digest: string): string {

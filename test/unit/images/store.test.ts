@@ -81,3 +81,27 @@ test('an imported image is listed, found by name, digest prefix or chunk, and pr
   assert.deepEqual(await store.list(), []);
   assert.deepEqual(await store.refs(), {});
 });
+
+test('an image written on an earlier boot is verified before a VM gets it, and removed if it lost data', async () => {
+  const root = await tmp();
+  const store = new ImageStore(path.join(root, 'store'));
+  await store.init();
+  const src = path.join(root, 'src');
+  await mkdir(src);
+  await writeFile(path.join(src, 'config.json'), JSON.stringify({ os: 'linux', arch: 'amd64', cpuCount: 1, memorySize: 1 }));
+  await writeFile(path.join(src, 'disk.img'), randomBytes(2 * 1024 * 1024));
+  const intact = await importImage({ store, name: 'example.com/vm/ok:1', source: { disk: path.join(src, 'disk.img'), config: path.join(src, 'config.json') }, chunkSize: 1024 * 1024 });
+  const damaged = await importImage({ store, name: 'example.com/vm/bad:1', source: { disk: path.join(src, 'disk.img'), config: path.join(src, 'config.json') }, chunkSize: 1024 * 1024 + 4096 });
+  // As a pull leaves them: written on a boot that is not this one.
+  for (const image of [intact, damaged]) await writeFile(path.join(image.dir, 'state.json'), JSON.stringify({ bootId: 'an-earlier-boot', done: [], touched: [] }));
+  const { open } = await import('node:fs/promises');
+  const fd = await open(path.join(damaged.dir, 'disk.img'), 'r+');
+  await fd.write(Buffer.from('lost in a crash'), 0, 15, 1024 * 1024 + 8192);
+  await fd.close();
+
+  await store.acquire(intact.digest, 'vm-1');
+  const state = JSON.parse(await readFile(path.join(intact.dir, 'state.json'), 'utf8')) as { bootId: string };
+  assert.notEqual(state.bootId, 'an-earlier-boot', 'verified, it now counts as written by this boot');
+  await assert.rejects(store.acquire(damaged.digest, 'vm-2'), (e: Error) => e.name === 'ImageCorruptError' && /example\.com\/vm\/bad:1 lost data in a crash .*pull it again/.test(e.message));
+  assert.equal(await store.get(damaged.digest), undefined, 'the damaged image is gone');
+});
