@@ -36,12 +36,11 @@ export function addImageCommands(program: Command): void {
       const { store, registry } = await open(flags);
       const progress = createProgress();
       try {
-        const [os, architecture] = (flags.platform ?? '').split('/');
         const result = await pullImage({
           store,
           registry,
           image: ref,
-          ...(os && architecture ? { platform: { os, architecture } } : {}),
+          ...(flags.platform ? { platform: platformOf(flags.platform) } : {}),
           ...(flags.budget ? { budgetBytes: quantity('--budget', flags.budget) } : {}),
           onProgress: (p) => progress.update(p.layer === 'image' ? 'total' : `layer ${p.layer}`, p.bytes, p.total),
         });
@@ -72,7 +71,7 @@ export function addImageCommands(program: Command): void {
   common(image.command('ls').description('List stored images'))
     .option('--json', 'JSON output')
     .action(async (flags: CommonFlags & { json?: boolean }) => {
-      const { store } = await open(flags, false);
+      const store = await openStore(flags);
       const images = await store.list();
       if (flags.json) return console.log(JSON.stringify(images.map(summary), null, 2));
       const rows = images.map((i) => [i.names.join(',') || '<none>', i.digest.slice(7, 19), i.layout.format, i.layout.chunks.length.toString(), gib(i.layout.diskSize), gib(i.diskUsage), i.inUse ? 'yes' : '']);
@@ -80,14 +79,14 @@ export function addImageCommands(program: Command): void {
     });
 
   common(image.command('inspect <image>').description('Show a stored image: manifest, layout and VM config')).action(async (ref: string, flags: CommonFlags) => {
-    const { store } = await open(flags, false);
+    const store = await openStore(flags);
     const stored = await find(store, ref);
     const config = JSON.parse(readFileSync(`${stored.dir}/config.json`, 'utf8')) as unknown;
     console.log(JSON.stringify({ ...summary(stored), config, manifest: stored.manifest }, null, 2));
   });
 
   common(image.command('rm <image...>').description('Remove stored images (not those in use)')).action(async (refs: string[], flags: CommonFlags) => {
-    const { store } = await open(flags, false);
+    const store = await openStore(flags);
     for (const ref of refs) {
       const stored = await find(store, ref);
       await store.remove(stored.digest);
@@ -98,7 +97,7 @@ export function addImageCommands(program: Command): void {
   common(image.command('prune').description('Remove least recently used images until the store fits a budget'))
     .option('--budget <bytes>', 'bytes to keep at most, e.g. 200Gi (default 0: everything not in use)', '0')
     .action(async (flags: CommonFlags & { budget: string }) => {
-      const { store } = await open(flags, false);
+      const store = await openStore(flags);
       const removed = await store.prune(quantity('--budget', flags.budget));
       for (const image of removed) console.log(`removed ${image.names.join(',') || image.digest} (${gib(image.diskUsage)})`);
       if (removed.length === 0) console.log('nothing to remove');
@@ -113,7 +112,7 @@ export function addImageCommands(program: Command): void {
     .option('--initrd <file>', 'initrd for the kernel')
     .option('--chunk-size <bytes>', `uncompressed bytes per disk layer (default ${DEFAULT_CHUNK_SIZE / 1024 / 1024}Mi)`)
     .action(async (name: string, flags: CommonFlags & { dir?: string; disk?: string; config?: string; nvram?: string; kernel?: string; initrd?: string; chunkSize?: string }) => {
-      const { store } = await open(flags, false);
+      const store = await openStore(flags);
       let source: ImportSource;
       if (flags.dir) source = tartVmDirectory(flags.dir);
       else if (flags.disk && flags.config) source = { disk: flags.disk, config: flags.config, nvram: flags.nvram, kernel: flags.kernel, initrd: flags.initrd };
@@ -124,7 +123,7 @@ export function addImageCommands(program: Command): void {
           store,
           name,
           source,
-          ...(flags.chunkSize ? { chunkSize: parseQuantity(flags.chunkSize) } : {}),
+          ...(flags.chunkSize ? { chunkSize: quantity('--chunk-size', flags.chunkSize) } : {}),
           onProgress: (b, t) => progress.update('total', b, t),
         });
         progress.stop();
@@ -135,24 +134,39 @@ export function addImageCommands(program: Command): void {
     });
 
   common(image.command('export <image> <dir>').description('Write a stored image out as a Tart VM directory')).action(async (ref: string, dir: string, flags: CommonFlags) => {
-    const { store } = await open(flags, false);
+    const store = await openStore(flags);
     await exportImage(store, ref, dir);
     console.log(`exported to ${dir}`);
   });
 }
 
-async function open(flags: CommonFlags, withRegistry = true): Promise<{ store: ImageStore; registry: RegistryClient }> {
-  const root = flags.store ?? loadConfig({ env: process.env }).imageCacheDir;
-  const store = new ImageStore(root);
+async function openStore(flags: CommonFlags): Promise<ImageStore> {
+  const store = new ImageStore(flags.store ?? loadConfig({ env: process.env }).imageCacheDir);
   await store.init();
-  const registry = withRegistry
-    ? new RegistryClient({
-        plainHttpRegistries: flags.insecureRegistry ?? [],
-        caPems: (flags.caFile ?? []).map((f) => readFileSync(f, 'utf8')),
-        credentials: new CredentialStore({ ...(flags.dockerConfig ? { dockerConfigPath: flags.dockerConfig } : {}) }),
-      })
-    : (undefined as unknown as RegistryClient);
-  return { store, registry };
+  return store;
+}
+
+async function open(flags: CommonFlags): Promise<{ store: ImageStore; registry: RegistryClient }> {
+  const caPems = (flags.caFile ?? []).map((file) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`--ca-file ${file} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  });
+  const registry = new RegistryClient({
+    plainHttpRegistries: flags.insecureRegistry ?? [],
+    caPems,
+    credentials: new CredentialStore({ ...(flags.dockerConfig ? { dockerConfigPath: flags.dockerConfig } : {}) }),
+  });
+  return { store: await openStore(flags), registry };
+}
+
+/** `--platform os/arch[/variant]` as an OCI platform. */
+function platformOf(text: string): { os: string; architecture: string; variant?: string } {
+  const [os, architecture, variant, extra] = text.split('/');
+  if (!os || !architecture || extra !== undefined) throw new ConfigError(`--platform "${text}" must be os/arch or os/arch/variant, e.g. darwin/arm64`);
+  return { os, architecture, ...(variant ? { variant } : {}) };
 }
 
 function quantity(flag: string, text: string): number {

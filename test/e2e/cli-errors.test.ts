@@ -70,3 +70,23 @@ test('an invalid configuration value names the field, the allowed values and its
   assert.equal(fromFile.code, 2);
   assert.match(oneLine(fromFile.stderr), /^vmlet: invalid configuration: node\.leaseRenewInterval: "often" is not a duration .* \(got "often" in .*bad\.yaml\)$/);
 });
+
+test('vmlet image names a bad flag, reference or unreachable registry in one line', async () => {
+  const store = `--store=${path.join(dir, 'store')}`;
+  const platform = await runVmlet(['image', 'pull', 'example.com/vm:1', '--platform=linux', store]);
+  assert.equal(platform.code, 2);
+  assert.match(oneLine(platform.stderr), /^vmlet: --platform "linux" must be os\/arch/);
+  const chunk = await runVmlet(['image', 'import', 'a:1', '--disk=/etc/hostname', '--config=/nope', '--chunk-size=lots', store]);
+  assert.equal(chunk.code, 2);
+  assert.match(oneLine(chunk.stderr), /^vmlet: --chunk-size: "lots" is not a Kubernetes quantity/);
+  const ca = await runVmlet(['image', 'pull', 'example.com/vm:1', '--ca-file=/nonexistent.pem', store]);
+  assert.equal(ca.code, 2);
+  assert.match(oneLine(ca.stderr), /^vmlet: --ca-file \/nonexistent\.pem cannot be read: ENOENT$/);
+  const ref = await runVmlet(['image', 'pull', 'Bad Ref', store]);
+  assert.equal(ref.code, 1);
+  assert.match(oneLine(ref.stderr), /^vmlet: invalid image reference "Bad Ref"/);
+  const port = await freePort();
+  const down = await runVmlet(['image', 'pull', `127.0.0.1:${port}/vm:1`, store]);
+  assert.equal(down.code, 1);
+  assert.match(oneLine(down.stderr), new RegExp(`^vmlet: pull 127\\.0\\.0\\.1:${port}/vm:1: .*ECONNREFUSED`));
+});
