@@ -26,6 +26,9 @@ if [ -e /sys/class/net/eth0 ]; then
     echo "vmlet-init: could not configure eth0" >&2
 fi
 
+# The console is quiet (the kernel's `quiet`), so this line is the first sign on it that the guest is up;
+# drivers' tests wait for it when they do not speak the agent protocol.
+echo "vmlet-init: starting the agent"
 node /usr/lib/vmlet/agent.cjs
 status=$?
 echo "vmlet-init: agent exited with status $status; powering off"
