@@ -13,6 +13,7 @@ import { bufferSource } from '../../src/images/registry/sources.ts';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.ts';
 import { createFixtureDir, removeFixtureDir, waitFor } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
+import { runCommand } from '../harness/exec.ts';
 import { runVmlet, VMLET_BIN } from '../harness/vmlet.ts';
 
 const MiB = 1024 * 1024;
@@ -322,4 +323,40 @@ test('a Linux guest image carries its kernel and initrd as vmlet layers through 
   assert.equal(sha(await readFile(path.join(out, 'kernel'))), sha(files.kernel));
   assert.equal(sha(await readFile(path.join(out, 'initrd'))), sha(files.initrd));
   assert.equal(sha(await readFile(path.join(out, 'disk.img'))), sha(files.disk));
+});
+
+test('a full disk fails the pull with one line naming the cause, leaves no half image, and the pull resumes once there is room', async (t) => {
+  // A small tmpfs is a disk that fills up for real; mounting one needs root (CI runs as root).
+  const store = path.join(dir, 'store-full');
+  await mkdir(store, { recursive: true });
+  const mounted = await runCommand('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', store]);
+  if (mounted.code !== 0) {
+    t.skip(`cannot mount a tmpfs here (${mounted.stderr.trim() || `exit ${mounted.code}`}): needs root`);
+    return;
+  }
+  try {
+    const image = `${plain.host}/vms/guest:v1`;
+    const full = await vmlet(store, 'pull', image);
+    assert.equal(full.code, 1, full.stdout);
+    const lines = full.stderr.split('\n').filter((l) => l.startsWith('vmlet: '));
+    assert.equal(lines.length, 1, full.stderr);
+    assert.match(lines[0]!, /guest:v1/);
+    assert.match(lines[0]!, /no space left on device/i);
+    const ls = await vmlet(store, 'ls');
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.equal(ls.stdout.split('\n').length, 1, 'nothing but the header: no half image listed');
+
+    assert.equal((await runCommand('mount', ['-o', 'remount,size=64m', store])).code, 0);
+    const resumed = await vmlet(store, 'pull', image);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    const m = /\(([\d.]+) MiB downloaded/.exec(resumed.stdout);
+    const inspect = JSON.parse((await vmlet(store, 'inspect', image)).stdout) as { manifest: { layers: Array<{ size: number }> } };
+    const total = inspect.manifest.layers.reduce((n, l) => n + l.size, 0) / MiB;
+    assert.ok(m && Number(m[1]) < total, `resumed pull downloaded ${m?.[1]} of ${total.toFixed(1)} MiB: it started over`);
+    const out = path.join(dir, 'exported-full');
+    assert.equal((await vmlet(store, 'export', image, out)).code, 0);
+    assert.equal(sha(await readFile(path.join(out, 'disk.img'))), sha(await readFile(path.join(dir, 'exported', 'disk.img'))));
+  } finally {
+    await runCommand('umount', ['-l', store]);
+  }
 });
