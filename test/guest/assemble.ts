@@ -15,6 +15,7 @@ import type { GuestInputs, GuestManifest } from './build.ts';
 import { newcArchive, type CpioEntry } from './cpio.ts';
 import { findModules, moduleLoadOrder } from './kmod.ts';
 import { extractVmlinux } from './vmlinux.ts';
+import { stageSshServer } from './ssh-server.ts';
 
 export type AssembledGuest = Pick<GuestManifest, 'kernelFormat' | 'modules' | 'sizes'>;
 
@@ -59,7 +60,9 @@ export async function assembleGuest(out: string, inputs: GuestInputs, log: (msg:
 
   log('root file system: busybox, Node and its libraries, the agent');
   const root = join(work, 'root');
-  const rootFsUsed = await stageRootFs(root, busybox, inputs);
+  let rootFsUsed = await stageRootFs(root, busybox, inputs);
+  log(`root file system: dropbear (${inputs.sshPackages.join(' ')}), users admin and root`);
+  rootFsUsed += await stageSshServer(root, join(work, 'ssh'), inputs.sshPackages, busybox);
   const raw = join(work, 'root.ext4');
   // lazy_*_init=0: have mke2fs zero the inode tables and journal now (qemu-img drops the zeros), rather
   // than the guest kernel's ext4lazyinit doing it in the background of every boot.

@@ -15,6 +15,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { runChecked, runCommand } from '../harness/exec.ts';
 import { cacheRoot } from '../harness/k8s-build.ts';
 import { assembleGuest, BUSYBOX_PACKAGE, KERNEL_META_PACKAGE } from './assemble.ts';
+import { SSH_PACKAGES } from './ssh-server.ts';
 
 export interface TestGuest {
   /** The cache dir holding everything below. */
@@ -47,6 +48,8 @@ export interface GuestInputs {
   kernelPackage: string;
   kernelVersion: string;
   busyboxVersion: string;
+  /** dropbear-bin and its libraries, as name=version (ssh-server.ts). */
+  sshPackages: string[];
   node: { path: string; version: string; size: number; mtimeMs: number };
   nodeLibs: { path: string; size: number; mtimeMs: number }[];
   /** sha256 of this directory's files that define the guest: editing any of them rebuilds it. */
@@ -54,7 +57,7 @@ export interface GuestInputs {
 }
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const SOURCES = ['build.ts', 'assemble.ts', 'cpio.ts', 'kmod.ts', 'vmlinux.ts', 'initramfs-init.sh', 'rootfs-init.sh', 'stub-agent.ts'];
+const SOURCES = ['build.ts', 'assemble.ts', 'cpio.ts', 'kmod.ts', 'vmlinux.ts', 'initramfs-init.sh', 'rootfs-init.sh', 'stub-agent.ts', 'ssh-server.ts'];
 // quiet: every console byte is a trapped UART write under TCG. panic=-1: a panicking guest reboots at
 // once, which -no-reboot turns into a QEMU exit rather than a hang. tsc=reliable / no_timer_check: skip
 // clocksource and timer checks that TCG's unsteady timing can only fail slowly. cryptomgr.notests skips
@@ -145,13 +148,14 @@ async function resolveInputs(): Promise<GuestInputs> {
   // One apt-cache call (each one re-reads every package list where apt keeps no binary cache, as in
   // Docker images: ~1.5 s). The meta package's Depends names the current ABI's image package and its
   // exact version, e.g. "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)".
-  const show = await runChecked('apt-cache', ['show', '--no-all-versions', KERNEL_META_PACKAGE, BUSYBOX_PACKAGE]).catch((err: Error) => {
+  const show = await runChecked('apt-cache', ['show', '--no-all-versions', KERNEL_META_PACKAGE, BUSYBOX_PACKAGE, ...SSH_PACKAGES]).catch((err: Error) => {
     throw new Error(`${err.message}\n(the test guest is made of Debian 12 packages; run apt-get update)`);
   });
   const fields = (pkg: string): string => show.stdout.split(/\n\s*\n/).find((b) => b.startsWith(`Package: ${pkg}\n`)) ?? '';
   const image = /^Depends:.*?\b(linux-image-\S+) \(= (\S+)\)/m.exec(fields(KERNEL_META_PACKAGE));
   const busyboxVersion = /^Version: (\S+)/m.exec(fields(BUSYBOX_PACKAGE))?.[1];
-  if (!image?.[1] || !image[2] || !busyboxVersion) {
+  const sshPackages = SSH_PACKAGES.map((p) => `${p}=${/^Version: (\S+)/m.exec(fields(p))?.[1] ?? ''}`);
+  if (!image?.[1] || !image[2] || !busyboxVersion || sshPackages.some((p) => p.endsWith('='))) {
     throw new Error(`apt-cache show ${KERNEL_META_PACKAGE} ${BUSYBOX_PACKAGE} did not name an image package and versions`);
   }
   const node = process.execPath;
@@ -162,6 +166,7 @@ async function resolveInputs(): Promise<GuestInputs> {
     kernelPackage: image[1],
     kernelVersion: image[2],
     busyboxVersion,
+    sshPackages,
     node: { path: node, version: process.version, size: nodeStat.size, mtimeMs: nodeStat.mtimeMs },
     nodeLibs: await Promise.all(
       (await sharedLibraries(node)).map(async (path) => {

@@ -13,8 +13,13 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 # The host may name the guest with vmlet.hostname=NAME on the kernel command line. Dotted parameters
 # are left to modules by the kernel, so this one reaches only us, through /proc/cmdline.
 name=vmlet-guest
+ssh=off agent=on
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in vmlet.hostname=*) name="${arg#vmlet.hostname=}" ;; esac
+  case "$arg" in
+    vmlet.hostname=*) name="${arg#vmlet.hostname=}" ;;
+    vmlet.ssh=*) ssh="${arg#vmlet.ssh=}" ;;
+    vmlet.agent=*) agent="${arg#vmlet.agent=}" ;;
+  esac
 done
 hostname "$name"
 
@@ -24,6 +29,27 @@ ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
   ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2 ||
     echo "vmlet-init: could not configure eth0" >&2
+fi
+
+# vmlet.ssh=on: a stock image's way in, for the SSH fallback (src/agent/ssh/): dropbear on port 22 with
+# users admin/admin and root/root (test/guest/ssh-server.ts). An ed25519 host key is quick to make even
+# under TCG, so it is made at first boot, as a real image would. vmlet.agent=off: no agent; init then
+# waits for dropbear, and powers off when it exits.
+ssh_pid=
+if [ "$ssh" = on ]; then
+  key=/etc/dropbear/dropbear_ed25519_host_key
+  chown -R admin:admin /home/admin
+  [ -s "$key" ] || dropbearkey -t ed25519 -f "$key" >/dev/null 2>&1 || echo "vmlet-init: dropbearkey failed" >&2
+  dropbear -F -E -p 22 -r "$key" -P /run/dropbear.pid 2>/run/dropbear.log &
+  ssh_pid=$!
+  echo "vmlet-init: ssh server started on port 22"
+fi
+if [ "$agent" = off ]; then
+  echo "vmlet-init: not starting the agent (vmlet.agent=off)"
+  if [ -n "$ssh_pid" ]; then wait "$ssh_pid"; else while :; do sleep 3600; done; fi
+  echo "vmlet-init: ssh server exited with status $?; powering off"
+  sync
+  poweroff -f
 fi
 
 # The console is quiet (the kernel's `quiet`), so this line is the first sign on it that the guest is up;
