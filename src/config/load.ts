@@ -28,6 +28,7 @@ export const SETTINGS: Setting[] = [
   { path: 'logLevel', flag: 'log-level', env: 'VMLET_LOG_LEVEL', kind: 'string', help: 'trace, debug, info, warn, error, fatal or silent' },
   { path: 'hypervisor', flag: 'hypervisor', env: 'VMLET_HYPERVISOR', kind: 'string', help: 'auto, qemu or vz' },
   { path: 'imageCacheDir', flag: 'image-cache-dir', env: 'VMLET_IMAGE_CACHE_DIR', kind: 'string', help: 'image cache directory' },
+  { path: 'vmDir', flag: 'vm-dir', env: 'VMLET_VM_DIR', kind: 'string', help: 'VM working directories (default <image-cache-dir>/vms)' },
   { path: 'kubeletPort', flag: 'kubelet-port', env: 'VMLET_KUBELET_PORT', kind: 'int', help: 'kubelet API port published in the Node (default 10250)' },
   { path: 'adminAddress', flag: 'admin-address', env: 'VMLET_ADMIN_ADDRESS', kind: 'string', help: 'host:port of /healthz, /readyz, /metrics ("" = off)' },
   { path: 'startupTimeout', flag: 'startup-timeout', env: 'VMLET_STARTUP_TIMEOUT', kind: 'string', help: 'how long to try reaching the API server at start (default 30s)' },

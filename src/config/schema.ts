@@ -67,6 +67,11 @@ export const configSchema = z
     hypervisor: z.enum(HYPERVISORS).default('auto'),
     /** Directory of the image cache; its volume is the node's ephemeral-storage and DiskPressure source. */
     imageCacheDir: z.string().min(1).default(() => defaultCacheDir()),
+    /**
+     * Working directories of VMs (disk clones, sockets, console logs, driver state); default
+     * `<imageCacheDir>/vms`. On the image cache's file system, a disk clone is a reflink where it can be.
+     */
+    vmDir: z.string().min(1).optional(),
     /** Port the kubelet API listens on; published in the Node's daemonEndpoints. */
     kubeletPort: z.int().min(1).max(65535).default(10250),
     /** Local address of /healthz, /readyz and /metrics, e.g. 127.0.0.1:10258; "" turns it off. */
