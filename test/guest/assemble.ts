@@ -25,7 +25,8 @@ export const KERNEL_META_PACKAGE = 'linux-image-cloud-amd64';
 export const BUSYBOX_PACKAGE = 'busybox-static';
 // What the guest needs as modules: the PCI transport, the root disk, the agent channel, a NIC (eth0 when
 // QEMU has one) and virtiofs for shared volumes later. Their dependencies are added by moduleLoadOrder.
-const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_console', 'virtio_net', 'virtiofs'];
+// button + evdev turn the ACPI power button (QEMU's system_powerdown) into an input event for acpid.
+const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_console', 'virtio_net', 'virtiofs', 'button', 'evdev'];
 const ROOT_DISK_BYTES = 1024 * 1024 * 1024;
 
 /** Downloads, unpacks and lays out the guest's files in `out` (vmlinux or vmlinuz, initrd.cpio, root.qcow2). */

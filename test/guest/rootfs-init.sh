@@ -31,6 +31,14 @@ if [ -e /sys/class/net/eth0 ]; then
     echo "vmlet-init: could not configure eth0" >&2
 fi
 
+# The ACPI power button (QEMU's system_powerdown: how a driver stops a guest whose agent does not answer)
+# arrives as a key event (stage 1 loads button and evdev); busybox acpid runs PWRF/00000080 in its config
+# dir for it, which powers off cleanly.
+mkdir -p /run/acpi/PWRF
+printf '#!/bin/sh\necho "vmlet-init: power button pressed; powering off" >/dev/console\nsync\npoweroff -f\n' >/run/acpi/PWRF/00000080
+chmod 755 /run/acpi/PWRF/00000080
+acpid -c /run/acpi -l /dev/null -p /run/acpid.pid || echo "vmlet-init: acpid did not start: no power button" >&2
+
 # vmlet.ssh=on: a stock image's way in, for the SSH fallback (src/agent/ssh/): dropbear on port 22 with
 # users admin/admin and root/root (test/guest/ssh-server.ts). An ed25519 host key is quick to make even
 # under TCG, so it is made at first boot, as a real image would. vmlet.agent=off: no agent; init then
