@@ -1,0 +1,454 @@
+// AgentClient: the host side of the agent protocol over any Duplex (QEMU's unix socket for the
+// virtio-serial port, a unix socket, a TLS connection). Requests are promises; exec and logs are Node
+// streams with the protocol's credit-based flow control behind them, so a consumer that stops reading
+// stops the process's output in the guest rather than filling memory on either side.
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { Readable, Writable, type Duplex } from 'node:stream';
+import { AgentError } from '../protocol/errors.ts';
+import {
+  encodeFrame, encodeHeader, encodeHello, encodeJson, encodeWindow, FrameParser, FrameType, MAX_PAYLOAD, type Frame,
+} from '../protocol/frames.ts';
+import {
+  Channel, INITIAL_WINDOW, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type AgentEvent, type AgentHello, type AgentInfo,
+  type AgentStats, type ExitInfo, type LogOptions, type MainStatus, type OpName, type Ops, type ProcessSpec, type Response,
+} from '../protocol/messages.ts';
+
+export { AgentError } from '../protocol/errors.ts';
+export type { AgentErrorReason, AgentInfo, AgentStats, ExitInfo, MainStatus } from '../protocol/messages.ts';
+
+export interface ConnectOptions {
+  /** The whole handshake, default 10 s. */
+  timeoutMs?: number;
+  /** Named in the agent's log. */
+  clientName?: string;
+  /**
+   * Without an answer after this long, send the HELLO again behind a flush of zeros as long as the
+   * largest frame: on a channel that may hold the rest of a previous host's frame (virtio-serial), that
+   * frame then ends inside the zeros. Default 1 s.
+   */
+  retryMs?: number;
+}
+
+export interface ExecOptions extends ProcessSpec {
+  /** Keep stdin open (a Writable); else the process gets /dev/null. */
+  stdin?: boolean;
+  /** A pseudo-terminal of this size; then stderr is merged into stdout. */
+  tty?: { rows: number; cols: number; term?: string };
+}
+
+export interface MainStartOptions extends ProcessSpec {
+  id: string;
+  log?: LogOptions;
+}
+
+export interface LogsOptions {
+  follow?: boolean;
+  tailLines?: number;
+  sinceTime?: Date | string;
+  timestamps?: boolean;
+}
+
+export interface RequestOptions {
+  /** Default 60 s; 0 for none. */
+  timeoutMs?: number;
+}
+
+export type MainExitEvent = Extract<AgentEvent, { event: 'main-exit' }>;
+
+/** One exec'd process: its streams, signals, resize and exit. */
+export interface ExecProcess {
+  pid: number;
+  /** Present when started with stdin: true. end() sends EOF (not passed on to a tty). */
+  stdin: Writable | null;
+  stdout: Readable;
+  /** null with a tty. */
+  stderr: Readable | null;
+  /** Resolves after stdout and stderr have ended; rejects with Disconnected if the agent goes away. */
+  exited: Promise<ExitInfo>;
+  signal(signal: string): Promise<void>;
+  resize(rows: number, cols: number): Promise<void>;
+  /** Abandons the exec: the agent hangs it up (SIGHUP) and sends nothing more. */
+  close(): void;
+}
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(err: AgentError): void;
+  timer: NodeJS.Timeout | undefined;
+  op: string;
+}
+
+interface StreamState {
+  out: Map<number, InStream>;
+  stdin?: OutStream;
+  exit?: { resolve(e: ExitInfo): void; reject(e: Error): void };
+}
+
+/**
+ * Emits 'main-exit' (MainExitEvent) when a main process exits, and 'close' (AgentError | undefined) once
+ * the connection is gone.
+ */
+export class AgentClient extends EventEmitter {
+  private readonly pending = new Map<number, Pending>();
+  private readonly streams = new Map<number, StreamState>();
+  private nextId = 1;
+  private closedWith: AgentError | undefined;
+  private parser: FrameParser;
+
+  /** The agent's HELLO: its version, capabilities, uptime and boot id. */
+  hello!: AgentHello;
+  private handshake: ((frame: Frame) => void) | undefined;
+
+  private constructor(private readonly link: Duplex) {
+    super();
+    // The parser starts out scanning: whatever a previous session left on the channel is skipped up to
+    // the agent's MAGIC + HELLO.
+    this.parser = new FrameParser({
+      frame: (f) => (this.handshake ? this.handshake(f) : this.onFrame(f)),
+      error: (err) => this.shutdownLink(new AgentError('ProtocolError', `the agent sent bytes that are not frames: ${err.message}`)),
+    });
+  }
+
+  /** Says HELLO on `link` and waits for the agent's; the client owns the link from then on. */
+  static async connect(link: Duplex, opts: ConnectOptions = {}): Promise<AgentClient> {
+    const client = new AgentClient(link);
+    await client.greet(opts);
+    return client;
+  }
+
+  private async greet(opts: ConnectOptions): Promise<void> {
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    const hello = {
+      magic: 'vmlet', role: 'host', minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION,
+      client: opts.clientName ?? `vmlet pid ${process.pid}`, nonce: randomBytes(8).toString('hex'),
+    };
+    const link = this.link;
+    link.on('data', (chunk: Buffer) => this.parser.push(chunk));
+    link.on('error', (err) => this.shutdownLink(new AgentError('Disconnected', `agent channel: ${err.message}`)));
+    link.on('close', () => this.shutdownLink(new AgentError('Disconnected', 'the agent channel closed')));
+    let timer: NodeJS.Timeout | undefined;
+    let retry: NodeJS.Timeout | undefined;
+    try {
+      this.hello = await new Promise<AgentHello>((resolve, reject) => {
+        this.handshake = (f) => {
+          if (f.type !== FrameType.Hello) return;
+          try {
+            const h = JSON.parse(f.payload.toString('utf8')) as AgentHello;
+            if (h.magic === 'vmlet' && h.role === 'agent') resolve(h);
+          } catch { /* not a hello we understand: keep waiting */ }
+        };
+        this.once('close', (err?: AgentError) => reject(err ?? new AgentError('Disconnected', 'closed during the handshake')));
+        timer = setTimeout(() => reject(new AgentError('Timeout', `the agent did not answer HELLO within ${timeoutMs} ms`)), timeoutMs);
+        retry = setInterval(() => {
+          this.send(Buffer.alloc(MAX_PAYLOAD + 32));
+          this.send(encodeHello(hello));
+        }, opts.retryMs ?? 1000);
+        this.send(encodeHello(hello));
+      });
+    } catch (err) {
+      this.shutdownLink(err as AgentError);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      clearInterval(retry);
+      this.handshake = undefined;
+    }
+    if (this.hello.error || this.hello.version === undefined) {
+      const err = AgentError.fromBody(this.hello.error ?? { reason: 'VersionMismatch', message: 'the agent chose no protocol version' });
+      this.shutdownLink(err);
+      throw err;
+    }
+  }
+
+  get closed(): boolean {
+    return this.closedWith !== undefined;
+  }
+
+  ping(opts?: RequestOptions): Promise<Ops['ping']['res']> {
+    return this.request('ping', {}, opts);
+  }
+
+  info(opts?: RequestOptions): Promise<AgentInfo> {
+    return this.request('info', {}, opts);
+  }
+
+  stats(opts?: RequestOptions): Promise<AgentStats> {
+    return this.request('stats', {}, opts);
+  }
+
+  async exec(opts: ExecOptions): Promise<ExecProcess> {
+    const stream = this.nextId++;
+    const state: StreamState = { out: new Map() };
+    const stdout = new InStream(this, stream, Channel.Stdout);
+    state.out.set(Channel.Stdout, stdout);
+    const stderr = opts.tty ? null : new InStream(this, stream, Channel.Stderr);
+    if (stderr) state.out.set(Channel.Stderr, stderr);
+    const stdin = opts.stdin ? new OutStream(this, stream) : null;
+    if (stdin) state.stdin = stdin;
+    const exited = new Promise<ExitInfo>((resolve, reject) => (state.exit = { resolve, reject }));
+    exited.catch(() => {}); // a caller that never looks at the exit must not crash the process
+    this.streams.set(stream, state);
+    const { argv, shell, env, cwd, user, tty } = opts;
+    let started: { pid: number };
+    try {
+      started = await this.request('exec', { stream, stdin: stdin !== null, argv, shell, env, cwd, user, tty });
+    } catch (err) {
+      this.streams.delete(stream);
+      throw err;
+    }
+    return {
+      pid: started.pid,
+      stdin, stdout, stderr, exited,
+      signal: async (signal) => void (await this.request('exec.signal', { stream, signal })),
+      resize: async (rows, cols) => void (await this.request('exec.resize', { stream, rows, cols })),
+      close: () => this.resetStream(stream),
+    };
+  }
+
+  /** Runs a command to the end and collects its output (for small outputs: all of it is kept in memory). */
+  async run(opts: Omit<ExecOptions, 'stdin' | 'tty'> & { input?: string | Buffer }): Promise<ExitInfo & { stdout: string; stderr: string }> {
+    const { input, ...rest } = opts;
+    const p = await this.exec({ ...rest, stdin: input !== undefined });
+    if (p.stdin) p.stdin.end(input);
+    const [stdout, stderr, exit] = await Promise.all([collect(p.stdout), collect(p.stderr!), p.exited]);
+    return { ...exit, stdout: stdout.toString('utf8'), stderr: stderr.toString('utf8') };
+  }
+
+  startMain(opts: MainStartOptions): Promise<MainStatus> {
+    return this.request('main.start', opts);
+  }
+
+  /** SIGTERM (or `signal`), SIGKILL after graceMs (default 10 s); resolves with the exited status. */
+  stopMain(id: string, opts: { signal?: string; graceMs?: number } = {}): Promise<MainStatus> {
+    return this.request('main.stop', { id, ...opts }, { timeoutMs: (opts.graceMs ?? 10_000) + 30_000 });
+  }
+
+  restartMain(id: string, opts: { graceMs?: number } = {}): Promise<MainStatus> {
+    return this.request('main.restart', { id, ...opts }, { timeoutMs: (opts.graceMs ?? 10_000) + 30_000 });
+  }
+
+  mainStatus(id: string): Promise<MainStatus> {
+    return this.request('main.status', { id });
+  }
+
+  listMains(): Promise<MainStatus[]> {
+    return this.request('main.list', {});
+  }
+
+  removeMain(id: string): Promise<void> {
+    return this.request('main.remove', { id }).then(() => undefined);
+  }
+
+  /** A main process's log as `kubectl logs` shows it. Destroying the stream stops a follow. */
+  async logs(id: string, opts: LogsOptions = {}): Promise<Readable> {
+    const stream = this.nextId++;
+    const out = new InStream(this, stream, Channel.Stdout);
+    this.streams.set(stream, { out: new Map([[Channel.Stdout, out]]) });
+    out.once('close', () => {
+      if (!out.readableEnded) this.resetStream(stream);
+    });
+    const sinceTime = opts.sinceTime instanceof Date ? opts.sinceTime.toISOString() : opts.sinceTime;
+    try {
+      await this.request('logs', { id, stream, follow: opts.follow, tailLines: opts.tailLines, sinceTime, timestamps: opts.timestamps });
+    } catch (err) {
+      this.streams.delete(stream);
+      throw err;
+    }
+    return out;
+  }
+
+  mount(opts: { tag: string; mountPath: string; readOnly?: boolean; fsType?: 'virtiofs' }): Promise<void> {
+    return this.request('mount', opts).then(() => undefined);
+  }
+
+  setHostname(hostname: string): Promise<void> {
+    return this.request('set-hostname', { hostname }).then(() => undefined);
+  }
+
+  /**
+   * Stops the main processes (SIGTERM, SIGKILL after graceMs), syncs and powers the guest off. Resolves
+   * when the agent has stopped everything and is about to power off.
+   */
+  shutdown(opts: { graceMs?: number } = {}): Promise<void> {
+    return this.request('shutdown', opts, { timeoutMs: (opts.graceMs ?? 10_000) + 60_000 }).then(() => undefined);
+  }
+
+  /** Closes the connection; the agent keeps running (main processes too) and waits for a new host. */
+  close(): void {
+    this.shutdownLink(new AgentError('Disconnected', 'the client closed the connection'));
+  }
+
+  // ----- internals -----
+
+  /** @internal */
+  send(buf: Buffer): boolean {
+    if (this.closedWith) return false;
+    return this.link.write(buf);
+  }
+
+  /** @internal */
+  resetStream(stream: number): void {
+    const state = this.streams.get(stream);
+    if (!state) return;
+    this.streams.delete(stream);
+    this.send(encodeFrame(FrameType.Reset, stream));
+    for (const s of state.out.values()) if (!s.readableEnded) s.push(null);
+    state.exit?.reject(new AgentError('Disconnected', 'the exec was closed by the host'));
+  }
+
+  request<O extends OpName>(op: O, args: Ops[O]['req'], opts: RequestOptions = {}): Promise<Ops[O]['res']> {
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    const id = this.nextId++;
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    return new Promise((resolve, reject) => {
+      const timer = timeoutMs > 0
+        ? setTimeout(() => {
+          this.pending.delete(id);
+          reject(new AgentError('Timeout', `agent request ${op} got no answer within ${timeoutMs} ms`));
+        }, timeoutMs)
+        : undefined;
+      this.pending.set(id, { resolve: resolve, reject, timer, op });
+      this.send(encodeJson(FrameType.Request, id, { op, ...args }));
+    });
+  }
+
+  private shutdownLink(err: AgentError): void {
+    if (this.closedWith) return;
+    this.closedWith = err;
+    this.link.destroy();
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new AgentError(err.reason, `agent request ${p.op}: ${err.message}`));
+    }
+    this.pending.clear();
+    for (const state of this.streams.values()) {
+      for (const s of state.out.values()) if (!s.readableEnded) s.destroy(err);
+      state.stdin?.destroy(err);
+      state.exit?.reject(err);
+    }
+    this.streams.clear();
+    this.emit('close', err.message === 'the client closed the connection' ? undefined : err);
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case FrameType.Response: {
+        const p = this.pending.get(frame.stream);
+        if (!p) return;
+        this.pending.delete(frame.stream);
+        clearTimeout(p.timer);
+        let response: Response;
+        try {
+          response = JSON.parse(frame.payload.toString('utf8')) as Response;
+        } catch {
+          p.reject(new AgentError('ProtocolError', `the answer to ${p.op} is not JSON`));
+          return;
+        }
+        if (response.ok) p.resolve(response.result);
+        else p.reject(AgentError.fromBody(response.error));
+        break;
+      }
+      case FrameType.Data:
+        this.streams.get(frame.stream)?.out.get(frame.flags)?.receive(frame.payload);
+        break;
+      case FrameType.Eof: {
+        const s = this.streams.get(frame.stream)?.out.get(frame.flags);
+        if (s && !s.readableEnded) s.push(null);
+        break;
+      }
+      case FrameType.Window:
+        if (frame.flags === Channel.Stdin && frame.payload.length === 4) {
+          this.streams.get(frame.stream)?.stdin?.grant(frame.payload.readUInt32BE(0));
+        }
+        break;
+      case FrameType.Hello:
+        break; // the agent answering a repeated HELLO of the handshake again
+      case FrameType.Event: {
+        let event: AgentEvent;
+        try {
+          event = JSON.parse(frame.payload.toString('utf8')) as AgentEvent;
+        } catch {
+          return;
+        }
+        if (event.event === 'exec-exit') {
+          const state = this.streams.get(frame.stream);
+          this.streams.delete(frame.stream);
+          state?.exit?.resolve({ exitCode: event.exitCode, signal: event.signal });
+        } else if (event.event === 'main-exit') this.emit('main-exit', event);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+/** An output channel of a stream (stdout, stderr, logs): grants credit as the consumer reads. */
+class InStream extends Readable {
+  private owed = 0;
+
+  constructor(private readonly client: AgentClient, private readonly stream: number, private readonly channel: number) {
+    super({ highWaterMark: 256 * 1024 });
+  }
+
+  receive(data: Buffer): void {
+    if (this.destroyed || this.readableEnded) return;
+    this.owed += data.length;
+    if (this.push(data) && this.owed >= INITIAL_WINDOW / 4) this.grant();
+  }
+
+  override _read(): void {
+    if (this.owed > 0) this.grant();
+  }
+
+  private grant(): void {
+    this.client.send(encodeWindow(this.stream, this.channel, this.owed));
+    this.owed = 0;
+  }
+}
+
+/** The stdin of an exec: DATA within the agent's credit, EOF on end(). */
+class OutStream extends Writable {
+  private credit = INITIAL_WINDOW;
+  private waiting: (() => void) | undefined;
+
+  constructor(private readonly client: AgentClient, private readonly stream: number) {
+    super({ highWaterMark: 64 * 1024 });
+  }
+
+  grant(bytes: number): void {
+    this.credit += bytes;
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    const sendSome = (at: number): void => {
+      while (at < chunk.length) {
+        if (this.credit <= 0) {
+          this.waiting = () => sendSome(at);
+          return;
+        }
+        const n = Math.min(chunk.length - at, this.credit, MAX_PAYLOAD);
+        this.client.send(Buffer.concat([encodeHeader(FrameType.Data, this.stream, n, Channel.Stdin), chunk.subarray(at, at + n)]));
+        this.credit -= n;
+        at += n;
+      }
+      done();
+    };
+    sendSome(0);
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    this.client.send(encodeFrame(FrameType.Eof, this.stream, undefined, Channel.Stdin));
+    done();
+  }
+}
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
