@@ -97,7 +97,8 @@ export function qemuArgs(spec: VmSpec, host: QemuHost, paths: VmPaths, opts: Arg
     '-serial', 'chardev:console',
     ...bootArgs(spec, host, paths),
     '-drive', `if=none,id=disk0,file=${escapeOpt(spec.disk.path)},format=${spec.disk.format},discard=unmap`,
-    '-device', 'virtio-blk-pci,drive=disk0,bootindex=0',
+    // bootindex for firmware that picks a boot disk (EFI); -kernel takes bootindex 0 itself.
+    '-device', `virtio-blk-pci,drive=disk0${spec.boot.kind === 'efi' ? ',bootindex=0' : ''}`,
     ...networkArgs(spec.network, spec.macAddress ?? macFromId(spec.id), host),
     ...agentArgs(paths),
     ...shareArgs(spec.shares, paths),

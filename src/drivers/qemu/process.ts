@@ -17,7 +17,8 @@ export interface Spawned {
 /**
  * Starts argv[0] detached (setsid: its own session and process group, so a signal to vmlet's group or
  * vmlet's exit does not reach it), stdin from /dev/null, stdout and stderr appended to logFile. The
- * child is unref'd: vmlet may exit while it runs. Its 'exit' event still fires while vmlet lives.
+ * child stays referenced (it keeps vmlet's event loop alive, so an awaited exit is seen) until the
+ * caller lets go of it with child.unref() (Vm.detach()).
  */
 export async function spawnDetached(argv: string[], logFile: string): Promise<Spawned> {
   const [command, ...args] = argv;
@@ -34,7 +35,6 @@ export async function spawnDetached(argv: string[], logFile: string): Promise<Sp
     throw new Error(`cannot start ${command}: ${err.message}`);
   }
   child.on('error', () => {}); // exits are reported through 'exit'
-  child.unref();
   const pid = child.pid;
   const observed = await observeProcess(pid);
   // The child may already be gone (bad arguments); it is still ours to wait for, so record what we can.
@@ -82,7 +82,7 @@ export async function signalRecorded(rec: ProcessRecord, sig: NodeJS.Signals): P
   }
 }
 
-/** Resolves when the recorded process is gone (or a zombie), polling /proc; stop() ends the watch early. */
+/** Resolves when the recorded process is gone (or a zombie), polling /proc; stop() ends the watch (and its timer). */
 export function watchGone(rec: ProcessRecord, intervalMs = 250): { gone: Promise<void>; stop: () => void } {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
@@ -91,7 +91,6 @@ export function watchGone(rec: ProcessRecord, intervalMs = 250): { gone: Promise
       if (stopped) return;
       if (!(await isAlive(rec))) return resolve();
       timer = setTimeout(() => void tick(), intervalMs);
-      timer.unref();
     };
     void tick();
   });

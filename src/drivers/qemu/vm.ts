@@ -48,6 +48,8 @@ export class QemuVm implements Vm {
   private record: VmRecord;
   private qmp: QmpClient | undefined;
   private child: ChildProcess | undefined;
+  /** virtiofsd children of this vmlet (for unref on detach). */
+  private shareChildren: ChildProcess[] = [];
   private childExit: { code: number | null; signal: string | null } | undefined;
   private goneWatch: { stop: () => void } | undefined;
   private starting = false;
@@ -187,17 +189,19 @@ export class QemuVm implements Vm {
           return false;
         },
       );
-      // A rejection moves on at once; an accepted request gets until half the budget to power off.
-      const accepted = await Promise.race([asked, this.exitedPromise.then(() => true)]);
+      // A rejection moves on at once; an accepted request (or one that hangs) gets until half the budget.
+      const accepted = await Promise.race([asked, this.exitedPromise.then(() => true), sleep(Math.max(0, half - Date.now()), true)]);
       if (accepted && (await this.exitedBy(half))) return this.exitedPromise;
     }
     if (!this.isExited()) {
       this.record.intent = { kind: 'stop', message: 'stopped by vmlet with the ACPI power button' };
       await this.persist();
+      // Each QMP call gets only what is left of the budget: a hung QEMU must still be killed in time.
+      const left = (): number => Math.max(100, deadline - Date.now());
       try {
         // A paused guest cannot see the button.
-        if (this.record.state === 'paused' || (await this.qmpStatus()) !== 'running') await this.qmp?.execute('cont').catch(() => {});
-        await this.qmp?.execute('system_powerdown');
+        if ((await this.qmpStatus(left())) !== 'running') await this.qmp?.execute('cont', undefined, left()).catch(() => {});
+        await this.qmp?.execute('system_powerdown', undefined, left());
       } catch (err) {
         this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 'ACPI power-down request failed');
       }
@@ -251,6 +255,11 @@ export class QemuVm implements Vm {
     await this.persist();
   }
 
+  /** Runs a QMP command on this VM's connection: for diagnostics and tests (e.g. query-pci), not for control. */
+  async monitor<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    return this.requireQmp().execute<T>(command, args);
+  }
+
   async usage(): Promise<VmUsage> {
     const diskBytes = await stat(this.spec.disk.path).then((s) => s.blocks * 512, () => 0);
     let cpuSeconds = 0;
@@ -271,6 +280,8 @@ export class QemuVm implements Vm {
     this.detached = true;
     this.goneWatch?.stop();
     this.child?.removeAllListeners('exit');
+    this.child?.unref();
+    for (const c of this.shareChildren) c.unref();
     this.qmp?.removeAllListeners();
     this.qmp?.close();
     this.qmp = undefined;
@@ -406,6 +417,7 @@ export class QemuVm implements Vm {
       const { child, record } = await spawnDetached([VIRTIOFSD, ...virtiofsdArgs(share, socket)], logFile);
       let exited = false;
       child.once('exit', () => (exited = true));
+      this.shareChildren.push(child);
       this.record.virtiofsd.push({ ...record, tag: share.tag, socket });
       await this.persist();
       // QEMU connects to virtiofsd's socket at start: it must exist first.
@@ -458,8 +470,8 @@ export class QemuVm implements Vm {
     }
   }
 
-  private async qmpStatus(): Promise<string | undefined> {
-    return (await this.qmp?.execute<{ status: string }>('query-status').catch(() => undefined))?.status;
+  private async qmpStatus(timeoutMs = 30_000): Promise<string | undefined> {
+    return (await this.qmp?.execute<{ status: string }>('query-status', undefined, timeoutMs).catch(() => undefined))?.status;
   }
 
   private async ensureNvram(): Promise<void> {
