@@ -11,7 +11,7 @@ import { parseQuantity } from '../kube/quantity.ts';
 import { createProgress } from './progress.ts';
 import { readFileSync } from 'node:fs';
 
-interface CommonFlags {
+export interface CommonFlags {
   store?: string;
   insecureRegistry?: string[];
   caFile?: string[];
@@ -22,12 +22,7 @@ const collect = (value: string, previous: string[] | undefined) => [...(previous
 
 export function addImageCommands(program: Command): void {
   const image = program.command('image').description('Pull, push, list and manage VM images');
-  const common = (cmd: Command) =>
-    cmd
-      .option('--store <dir>', 'image store directory (default: the imageCacheDir of vmlet run)')
-      .option('--insecure-registry <host:port>', 'registry spoken to over plain HTTP (repeatable; loopback is allowed anyway)', collect)
-      .option('--ca-file <pem>', 'extra CA certificate for registries (repeatable)', collect)
-      .option('--docker-config <file>', "docker's config.json with registry credentials (default ~/.docker/config.json)");
+  const common = storeOptions;
 
   common(image.command('pull <image>').description('Pull a VM image (Tart or Agoda format) into the store'))
     .option('--platform <os/arch>', 'platform to pick from an index (default: this host)')
@@ -140,13 +135,22 @@ export function addImageCommands(program: Command): void {
   });
 }
 
-async function openStore(flags: CommonFlags): Promise<ImageStore> {
+/** --store and the registry flags, shared by `vmlet image` and `vmlet vm`. */
+export function storeOptions(cmd: Command): Command {
+  return cmd
+    .option('--store <dir>', 'image store directory (default: the imageCacheDir of vmlet run)')
+    .option('--insecure-registry <host:port>', 'registry spoken to over plain HTTP (repeatable; loopback is allowed anyway)', collect)
+    .option('--ca-file <pem>', 'extra CA certificate for registries (repeatable)', collect)
+    .option('--docker-config <file>', "docker's config.json with registry credentials (default ~/.docker/config.json)");
+}
+
+export async function openStore(flags: CommonFlags): Promise<ImageStore> {
   const store = new ImageStore(flags.store ?? loadConfig({ env: process.env }).imageCacheDir);
   await store.init();
   return store;
 }
 
-async function open(flags: CommonFlags): Promise<{ store: ImageStore; registry: RegistryClient }> {
+export async function open(flags: CommonFlags): Promise<{ store: ImageStore; registry: RegistryClient }> {
   const caPems = (flags.caFile ?? []).map((file) => {
     try {
       return readFileSync(file, 'utf8');
@@ -169,7 +173,7 @@ function platformOf(text: string): { os: string; architecture: string; variant?:
   return { os, architecture, ...(variant ? { variant } : {}) };
 }
 
-function quantity(flag: string, text: string): number {
+export function quantity(flag: string, text: string): number {
   try {
     return parseQuantity(text);
   } catch (err) {

@@ -6,6 +6,7 @@ import { Daemon, StartupError } from '../daemon.ts';
 import { KubeconfigError } from '../kube/errors.ts';
 import { createLogger } from '../observability/log.ts';
 import { addImageCommands } from './image.ts';
+import { addVmCommands } from './vm.ts';
 import { KUBELET_VERSION, VMLET_VERSION } from '../version.ts';
 
 const STOP_TIMEOUT_MS = 15_000;
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   });
 
   addImageCommands(program);
+  addVmCommands(program);
 
   program
     .command('version')
