@@ -293,7 +293,7 @@ export class AgentClient extends EventEmitter {
     if (!state) return;
     this.streams.delete(stream);
     this.send(encodeFrame(FrameType.Reset, stream));
-    for (const s of state.out.values()) if (!s.readableEnded) s.push(null);
+    for (const s of state.out.values()) s.end();
     state.exit?.reject(new AgentError('Disconnected', 'the exec was closed by the host'));
   }
 
@@ -323,7 +323,8 @@ export class AgentClient extends EventEmitter {
     }
     this.pending.clear();
     for (const state of this.streams.values()) {
-      for (const s of state.out.values()) if (!s.readableEnded) s.destroy(err);
+      // Only what was cut short is an error; an ended stream may still hold data nobody has read yet.
+      for (const s of state.out.values()) if (!s.ended) s.destroy(err);
       state.stdin?.destroy(err);
       state.exit?.reject(err);
     }
@@ -353,8 +354,12 @@ export class AgentClient extends EventEmitter {
         this.streams.get(frame.stream)?.out.get(frame.flags)?.receive(frame.payload);
         break;
       case FrameType.Eof: {
-        const s = this.streams.get(frame.stream)?.out.get(frame.flags);
-        if (s && !s.readableEnded) s.push(null);
+        const state = this.streams.get(frame.stream);
+        const s = state?.out.get(frame.flags);
+        if (!state || !s) break;
+        s.end();
+        // A logs stream has no exit to wait for: EOF is its end.
+        if (!state.exit && [...state.out.values()].every((o) => o.ended)) this.streams.delete(frame.stream);
         break;
       }
       case FrameType.Window:
@@ -392,8 +397,17 @@ class InStream extends Readable {
     super({ highWaterMark: 256 * 1024 });
   }
 
+  /** EOF came (or the host abandoned the stream). */
+  ended = false;
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (!this.destroyed) this.push(null);
+  }
+
   receive(data: Buffer): void {
-    if (this.destroyed || this.readableEnded) return;
+    if (this.destroyed || this.ended) return;
     this.owed += data.length;
     if (this.push(data) && this.owed >= INITIAL_WINDOW / 4) this.grant();
   }
