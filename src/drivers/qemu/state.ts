@@ -241,9 +241,12 @@ export function classifyExit(f: ExitFacts): Omit<VmExit, 'at'> {
   return { reason: 'Crashed', message: f.qemuError ? `${how}: ${f.qemuError}` : how, ...codes };
 }
 
-/** QEMU's own last error line in its log ("qemu-system-x86_64: -kernel /x: ..."), without a trailing CR. */
+/**
+ * QEMU's own last error line in its log, without a trailing CR: "qemu-system-x86_64: -drive ...: ..." for
+ * option errors, "qemu: could not load kernel ..." for some machine-init errors.
+ */
 export function qemuErrorLine(log: string): string | undefined {
-  const lines = log.split('\n').map((l) => l.trimEnd()).filter((l) => /^qemu-system-[\w-]+: /.test(l) && !/: warning: /.test(l));
+  const lines = log.split('\n').map((l) => l.trimEnd()).filter((l) => /^qemu(-system-[\w-]+)?: /.test(l) && !/: warning: /.test(l));
   return lines.at(-1);
 }
 
