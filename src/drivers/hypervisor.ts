@@ -113,7 +113,11 @@ export interface Vm {
   state(): VmState;
   /** Host process id of the VM (QEMU, or the vz helper), while there is one. */
   pid(): number | undefined;
-  /** Boots it (or restores a saved state). Rejects when the VM process cannot start at all. */
+  /**
+   * Boots it (or restores a saved state), from 'created' or 'exited' (a restart keeps the dir and appends
+   * to the console log). Rejects with VmError reason BootFailed, and the hypervisor's own message, when
+   * the VM process cannot start or exits while starting; nothing is left running then.
+   */
   start(opts?: StartOptions): Promise<void>;
   /** A new connection to the guest agent's channel. The driver is done with it once returned. */
   connectAgent(timeoutMs?: number): Promise<Duplex>;
@@ -123,10 +127,17 @@ export interface Vm {
   kill(): Promise<VmExit>;
   pause(): Promise<void>;
   resume(): Promise<void>;
-  /** Saves the running VM's memory and device state to `file`; the VM stays paused afterwards. */
+  /**
+   * Saves the running VM's memory and device state to `file`; the VM stays paused afterwards. The disk
+   * is not in the file: a restore must use the same disk, unchanged since the save.
+   */
   save(file: string): Promise<void>;
   usage(): Promise<VmUsage>;
-  /** Resolves once when the VM has exited, for whatever reason; never rejects. */
+  /**
+   * Resolves once when the current boot has exited, for whatever reason; never rejects. Each start()
+   * begins a new boot with a new promise (read the property again after a restart); after an exit and
+   * before the next start() it holds the last exit.
+   */
   readonly exited: Promise<VmExit>;
   /**
    * Lets go of the VM without stopping it (vmlet is shutting down): closes control connections and
