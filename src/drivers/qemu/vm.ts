@@ -292,6 +292,8 @@ export class QemuVm implements Vm {
     if (this.record.state !== 'exited' && this.record.state !== 'created') {
       throw new VmError('InvalidState', `VM ${this.spec.id} is ${this.record.state}; stop or kill it before destroying it`);
     }
+    // An exit being recorded right now finishes first: its vm.json write must not land in a removed dir.
+    await this.finishing;
     await this.detach();
     await rm(this.dir, { recursive: true, force: true });
   }
@@ -334,14 +336,19 @@ export class QemuVm implements Vm {
     this.child = child;
     child.once('exit', (code, signal) => {
       this.childExit = { code, signal };
-      void this.onGone();
+      this.onGoneLogged();
     });
   }
 
   private watchNotChild(rec: ProcessRecord): void {
     const watch = watchGone(rec, GONE_POLL_MS);
     this.goneWatch = watch;
-    void watch.gone.then(() => this.onGone());
+    void watch.gone.then(() => this.onGoneLogged());
+  }
+
+  /** onGone from an event: a failure to record the exit (e.g. the disk is full) is logged, not thrown. */
+  private onGoneLogged(): void {
+    this.onGone().catch((err: unknown) => this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 'could not record the VM exit'));
   }
 
   private useQmp(qmp: QmpClient): void {
@@ -354,7 +361,7 @@ export class QemuVm implements Vm {
       if (!this.child && rec && !this.detached) {
         void (async () => {
           for (let i = 0; i < 40 && (await isAlive(rec)); i++) await sleep(50);
-          if (!(await isAlive(rec))) await this.onGone();
+          if (!(await isAlive(rec))) this.onGoneLogged();
         })();
       }
     });
@@ -403,10 +410,14 @@ export class QemuVm implements Vm {
     this.record.state = 'exited';
     this.record.exit = exitToRecord(exit);
     this.child = undefined;
-    await this.removeSockets();
-    await this.persist();
-    this.ctx.log.info({ vm: this.spec.id, reason: exit.reason, exitCode: exit.exitCode, signal: exit.signal }, `VM exited: ${exit.message}`);
-    this.resolveExited(exit);
+    try {
+      await this.removeSockets();
+      await this.persist();
+    } finally {
+      // Whoever waits for the exit hears of it even if vm.json could not be written.
+      this.ctx.log.info({ vm: this.spec.id, reason: exit.reason, exitCode: exit.exitCode, signal: exit.signal }, `VM exited: ${exit.message}`);
+      this.resolveExited(exit);
+    }
   }
 
   private async startShares(): Promise<void> {
