@@ -2,9 +2,10 @@
 // condition, its guest-OS labels and its VM slots. The drivers themselves (QEMU, Virtualization.framework)
 // arrive with their issues; this probe only looks, it starts nothing.
 import { execFile } from 'node:child_process';
-import { access, constants, open } from 'node:fs/promises';
+import { access, constants } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { kvmProblem } from './qemu/host.ts';
 
 const run = promisify(execFile);
 
@@ -68,20 +69,12 @@ async function probeQemu(platform: string, arch: string, searchPath: string[]): 
   } catch (err) {
     return { ...none, reason: 'QEMUBroken', message: `${binary} --version failed: ${(err as Error).message.split('\n')[0]}` };
   }
-  const accelerator: Accelerator = platform === 'darwin' ? 'hvf' : (await kvmUsable()) ? 'kvm' : 'tcg';
-  const how = accelerator === 'tcg' ? 'TCG (software emulation: /dev/kvm is not usable)' : accelerator.toUpperCase();
+  // The same check the QEMU driver makes: /dev/kvm may open and still fail to run a vCPU (nested
+  // virtualization without the MSRs QEMU sets), so a tiny guest is run under KVM.
+  const kvmWhyNot = platform === 'darwin' ? undefined : await kvmProblem(binary, arch === 'arm64' ? 'aarch64' : 'x86_64');
+  const accelerator: Accelerator = platform === 'darwin' ? 'hvf' : kvmWhyNot ? 'tcg' : 'kvm';
+  const how = accelerator === 'tcg' ? `TCG (software emulation: ${kvmWhyNot})` : accelerator.toUpperCase();
   return { usable: true, driver: 'qemu', accelerator, guestOSes: ['linux'], reason: 'QEMUReady', message: `${name} ${version} with ${how}` };
-}
-
-/** /dev/kvm opened read-write: the cheap test. Whether KVM then really runs a guest is the QEMU driver's check. */
-async function kvmUsable(): Promise<boolean> {
-  try {
-    const handle = await open('/dev/kvm', 'r+');
-    await handle.close();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function findExecutable(name: string, dirs: string[]): Promise<string | undefined> {

@@ -113,7 +113,7 @@ function findFirmware(): QemuHost['firmware'] {
 }
 
 /** Why KVM cannot run this driver's guests here, or undefined when it can. */
-async function kvmProblem(binary: string, arch: GuestArch): Promise<string | undefined> {
+export async function kvmProblem(binary: string, arch: GuestArch): Promise<string | undefined> {
   try {
     const handle = await open('/dev/kvm', 'r+');
     await handle.close();
