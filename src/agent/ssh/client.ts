@@ -3,17 +3,21 @@
 // own. Its exec has the agent exec's shape — stdin/stdout/stderr streams, resize(), signal(), an exit
 // promise — so callers (kubectl exec, probes) need not care which path reached the guest.
 //
-// What SSH cannot carry exactly, and what is done instead:
+// Names follow the agent's host client (src/agent/host/client.ts): SshExec is its ExecProcess without
+// the pid. What SSH cannot carry exactly, and what is done instead:
 // - argv: SSH carries one command string for the login shell; quote.ts writes argv so that nothing in it
 //   can escape its word.
 // - env: most servers refuse env requests (OpenSSH's AcceptEnv is nearly empty), so env goes through
 //   `env NAME=value` in that same quoted line.
-// - signals: RFC 4254's "signal" request has no reply, so a server that ignores it (older OpenSSH before
-//   8.1, for one) cannot be detected; dropbear and current OpenSSH deliver it. signal() says so in its doc,
-//   and the exec's exit shows whether the program died of it.
-import type { Readable, Writable } from 'node:stream';
+// - signals: RFC 4254's "signal" request has no reply, so a server that ignores it cannot be detected;
+//   dropbear and current OpenSSH deliver it. signal() says so in its doc, and `exited` shows whether the
+//   program died of it.
+// - user: none; SSH runs as the user it logged in as.
+// - pid: SSH does not tell it.
+import { constants as osConstants } from 'node:os';
 import { PassThrough } from 'node:stream';
 import { Client, type AnyAuthMethod, type AuthHandlerMiddleware, type ClientChannel, type SFTPWrapper } from 'ssh2';
+import type { ExecProcess, ExitInfo } from '../host/client.ts';
 import { authMethods, type SshCredentials } from './credentials.ts';
 import { checkHostKey, type HostKeyCheck } from './host-key.ts';
 import { commandLine, type CommandLineSpec, type ShellWord } from './quote.ts';
@@ -53,43 +57,30 @@ export class SshError extends Error {
   }
 }
 
-export interface TerminalSize {
-  rows: number;
-  cols: number;
-}
-
+/**
+ * What to run: the agent's ExecOptions (src/agent/host/client.ts) minus `user` (SSH runs as the user
+ * it logged in as), with argv words that may be bytes.
+ */
 export interface SshExecOptions {
+  /** The program and its arguments. Exactly one of argv and shell. */
+  argv?: readonly ShellWord[];
+  /** A shell line, run as /bin/sh -c LINE (not by the login shell, which may be zsh). */
+  shell?: string;
   env?: CommandLineSpec['env'];
   cwd?: ShellWord;
+  /** Keep stdin open (a Writable); else the program's stdin sees end-of-file at once. */
+  stdin?: boolean;
   /** A pseudo-terminal of this size ($TERM defaults to xterm-256color); stderr then arrives on stdout. */
-  tty?: (TerminalSize & { term?: string }) | false;
+  tty?: { rows: number; cols: number; term?: string };
 }
 
-export interface ExecExit {
-  /** The exit status, or null when the program was killed by a signal. */
-  code: number | null;
-  /** The signal that killed the program, without "SIG" (e.g. "TERM"), else null. */
-  signal: string | null;
-}
+/**
+ * One program running over SSH: the agent's ExecProcess without `pid` (SSH does not say it). exitCode
+ * follows the agent's convention: 128 + the signal's number (this host's numbering) when killed.
+ */
+export type SshExec = Omit<ExecProcess, 'pid'>;
 
-export interface SshExec {
-  /** The program's stdin; end() sends EOF. */
-  stdin: Writable;
-  stdout: Readable;
-  /** Empty with a tty: a terminal has one output stream. */
-  stderr: Readable;
-  /** Tells the pseudo-terminal its new size (SSH window-change); the program gets SIGWINCH. */
-  resize(size: TerminalSize): void;
-  /**
-   * Asks the server to signal the program ("TERM", "SIGKILL", ...). The SSH signal request has no reply:
-   * servers that do not implement it ignore it silently, and exit will then not show the signal.
-   */
-  signal(name: string): void;
-  /** Resolves when the program has exited and its output is flushed; rejects if the connection drops. */
-  exit: Promise<ExecExit>;
-}
-
-export interface ExecResult extends ExecExit {
+export interface SshRunResult extends ExitInfo {
   stdout: Buffer;
   stderr: Buffer;
 }
@@ -236,30 +227,32 @@ export class SshConnection {
     return this.closedPromise;
   }
 
-  /** Starts argv on the server; see SshExec. */
-  async exec(argv: readonly ShellWord[], opts: SshExecOptions = {}): Promise<SshExec> {
-    const spec: CommandLineSpec = { argv };
+  /** Starts a program on the server; see SshExec. Rejects (SshError) if the server refuses the channel. */
+  async exec(opts: SshExecOptions): Promise<SshExec> {
+    if ((opts.argv === undefined) === (opts.shell === undefined)) throw new Error('exec: give exactly one of argv and shell');
+    const spec: CommandLineSpec = { argv: opts.argv ?? ['/bin/sh', '-c', opts.shell!] };
     if (opts.env !== undefined) spec.env = opts.env;
     if (opts.cwd !== undefined) spec.cwd = opts.cwd;
-    return this.execLine(commandLine(spec), opts.tty);
+    return this.execLine(commandLine(spec), opts);
   }
 
   /**
-   * Runs a shell script as the user's login shell reads it (`$SHELL -c script`): for vmlet's own
+   * Runs a script as the user's login shell reads it (`$SHELL -c script`): for vmlet's own
    * multi-command steps (installing the agent), never for a user's argv.
    */
-  async execScript(script: string, opts: { tty?: SshExecOptions['tty'] } = {}): Promise<SshExec> {
-    return this.execLine(Buffer.from(script), opts.tty);
+  async execScript(script: string, opts: Pick<SshExecOptions, 'stdin' | 'tty'> = {}): Promise<SshExec> {
+    return this.execLine(Buffer.from(script), opts);
   }
 
-  /** exec() to completion, with stdin from a buffer (or none), collecting stdout and stderr. */
-  async run(argv: readonly ShellWord[], opts: SshExecOptions & { stdin?: Buffer | string } = {}): Promise<ExecResult> {
-    return collect(await this.exec(argv, opts), opts.stdin);
+  /** exec() to the end with `input` as stdin (else none), collecting stdout and stderr as bytes. */
+  async run(opts: Omit<SshExecOptions, 'stdin' | 'tty'> & { input?: Buffer | string }): Promise<SshRunResult> {
+    const { input, ...rest } = opts;
+    return collect(await this.exec({ ...rest, stdin: input !== undefined }), input);
   }
 
-  /** execScript() to completion, like run(). */
-  async runScript(script: string, stdin?: Buffer | string): Promise<ExecResult> {
-    return collect(await this.execScript(script), stdin);
+  /** execScript() to the end, like run(). */
+  async runScript(script: string, input?: Buffer | string): Promise<SshRunResult> {
+    return collect(await this.execScript(script, { stdin: input !== undefined }), input);
   }
 
   /** An SFTP session, or undefined if the server has no SFTP subsystem (dropbear without sftp-server). */
@@ -273,7 +266,8 @@ export class SshConnection {
     this.client.end();
   }
 
-  private execLine(line: Buffer, tty: SshExecOptions['tty']): Promise<SshExec> {
+  private execLine(line: Buffer, opts: Pick<SshExecOptions, 'stdin' | 'tty'>): Promise<SshExec> {
+    const tty = opts.tty;
     const what = `ssh to ${this.address} as ${this.username}`;
     if (this.closedFlag) return Promise.reject(new SshError('closed', this.address, `${what}: the connection is closed`));
     const pty = tty ? { rows: tty.rows, cols: tty.cols, term: tty.term ?? 'xterm-256color' } : false;
@@ -284,40 +278,52 @@ export class SshConnection {
           reject(new SshError('other', this.address, `${what}: exec refused: ${err.message}`));
           return;
         }
-        resolve(wrapChannel(channel, what));
+        resolve(wrapChannel(channel, what, opts));
       });
     });
   }
 }
 
-function wrapChannel(channel: ClientChannel, what: string): SshExec {
+function wrapChannel(channel: ClientChannel, what: string, opts: Pick<SshExecOptions, 'stdin' | 'tty'>): SshExec {
   // Separate stream objects, so that a caller destroying stdout does not also cut stdin (the channel is
   // one Duplex for both).
   const stdout = new PassThrough();
-  const stderr = new PassThrough();
   channel.pipe(stdout);
-  channel.stderr.pipe(stderr);
-  let exit: ExecExit | undefined;
+  // With a pty the server sends no extended data; the agent's shape has no stderr then either.
+  const stderr = opts.tty ? null : new PassThrough();
+  if (stderr) channel.stderr.pipe(stderr);
+  else channel.stderr.resume();
+  if (!opts.stdin) channel.end(); // EOF at once, as the agent gives /dev/null
+  let exit: ExitInfo | undefined;
   channel.on('exit', (code: number | null, signal?: string) => {
-    exit = signal ? { code: null, signal: signal.replace(/^SIG/, '') } : { code, signal: null };
+    if (signal) {
+      const name = `SIG${signal.replace(/^SIG/, '')}`;
+      exit = { exitCode: 128 + (osConstants.signals[name as NodeJS.Signals] ?? 0), signal: name };
+    } else {
+      exit = { exitCode: code ?? 255, signal: null };
+    }
   });
-  const exitPromise = new Promise<ExecExit>((resolve, reject) => {
+  const exited = new Promise<ExitInfo>((resolve, reject) => {
     channel.on('close', () => {
       if (exit) resolve(exit);
       else reject(new Error(`${what}: the channel closed without an exit status (connection lost?)`));
     });
   });
-  exitPromise.catch(() => {}); // a caller that only reads output must not crash the process
-  channel.on('error', () => {}); // reported through exit
+  exited.catch(() => {}); // a caller that only reads output must not crash the process
+  channel.on('error', () => {}); // reported through exited
   return {
-    stdin: channel,
+    stdin: opts.stdin ? channel : null,
     stdout,
     stderr,
-    exit: exitPromise,
-    resize({ rows, cols }) {
+    exited,
+    async resize(rows: number, cols: number) {
       channel.setWindow(rows, cols, 0, 0);
     },
-    signal(name: string) {
+    /**
+     * The SSH signal request has no reply: a server that does not implement it (OpenSSH before 7.9 did
+     * not) ignores it silently, and `exited` then shows no signal. dropbear and current OpenSSH deliver it.
+     */
+    async signal(name: string) {
       const sig = name.toUpperCase().replace(/^SIG/, '');
       if (!SIGNALS.has(sig)) throw new Error(`${what}: unknown signal ${name} (SSH carries ${[...SIGNALS].join(', ')})`);
       // ssh2's channel.signal() drops the request once stdin has been ended; the protocol allows it
@@ -326,16 +332,20 @@ function wrapChannel(channel: ClientChannel, what: string): SshExec {
       if (c.outgoing?.state === 'open' && c._client?._protocol) c._client._protocol.signal(c.outgoing.id, sig);
       else channel.signal(sig);
     },
+    close() {
+      // Hangs the channel up: the server closes the program's pipes or terminal (SIGHUP with a tty).
+      channel.close();
+    },
   };
 }
 
-async function collect(exec: SshExec, stdin?: Buffer | string): Promise<ExecResult> {
+async function collect(exec: SshExec, input?: Buffer | string): Promise<SshRunResult> {
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   exec.stdout.on('data', (b: Buffer) => out.push(b));
-  exec.stderr.on('data', (b: Buffer) => err.push(b));
-  exec.stdin.end(stdin ?? '');
-  const status = await exec.exit;
+  exec.stderr?.on('data', (b: Buffer) => err.push(b));
+  exec.stdin?.end(input ?? '');
+  const status = await exec.exited;
   return { ...status, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
 }
 

@@ -155,22 +155,25 @@ test('a closed port is "connection refused"; a silent server times out within th
 test('exec: exit codes, stdin to EOF, env, cwd, stderr, signals', async () => {
   const conn = await SshConnection.connect(opts(serverA.port, 'pin-exec.json'));
   try {
-    assert.equal((await conn.run(['true'])).code, 0);
-    assert.deepEqual(await conn.run(['sh', '-c', 'exit 7']).then((r) => [r.code, r.signal]), [7, null]);
-    const wc = await conn.run(['wc', '-c'], { stdin: Buffer.alloc(100_000, 'x') });
+    assert.equal((await conn.run({ argv: ['true'] })).exitCode, 0);
+    assert.deepEqual(await conn.run({ argv: ['sh', '-c', 'exit 7'] }).then((r) => [r.exitCode, r.signal]), [7, null]);
+    assert.equal((await conn.run({ shell: 'exit 3' })).exitCode, 3);
+    const wc = await conn.run({ argv: ['wc', '-c'], input: Buffer.alloc(100_000, 'x') });
     assert.equal(wc.stdout.toString().trim(), '100000');
-    const env = await conn.run(['sh', '-c', 'printf "%s|%s" "$A" "$(pwd)"; echo err >&2'], { env: { A: "it's $HOME" }, cwd: '/tmp' });
+    // Without stdin: true the program sees end-of-file at once rather than waiting.
+    assert.equal((await conn.run({ argv: ['cat'] })).stdout.length, 0);
+    const env = await conn.run({ argv: ['sh', '-c', 'printf "%s|%s" "$A" "$(pwd)"; echo err >&2'], env: { A: "it's $HOME" }, cwd: '/tmp' });
     assert.equal(env.stdout.toString(), "it's $HOME|/tmp");
     assert.equal(env.stderr.toString(), 'err\n');
 
     // (ssh2's Server drops channel requests after EOF, so stdin stays open here; the e2e test against
     // dropbear signals after EOF.)
-    const sleeper = await conn.exec(['sleep', '60']);
-    assert.throws(() => sleeper.signal('NOPE'), /unknown signal NOPE/);
+    const sleeper = await conn.exec({ argv: ['sleep', '60'], stdin: true });
+    await assert.rejects(sleeper.signal('NOPE'), /unknown signal NOPE/);
     sleeper.stdout.resume();
-    sleeper.stderr.resume();
-    sleeper.signal('SIGTERM');
-    assert.deepEqual(await sleeper.exit, { code: null, signal: 'TERM' });
+    sleeper.stderr?.resume();
+    await sleeper.signal('SIGTERM');
+    assert.deepEqual(await sleeper.exited, { exitCode: 143, signal: 'SIGTERM' });
   } finally {
     conn.close();
   }
