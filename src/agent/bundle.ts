@@ -36,6 +36,7 @@ export async function ensureAgentBundle(): Promise<string> {
 export async function agentSourceHash(): Promise<string> {
   const hash = createHash('sha256');
   const files = (await Promise.all(SOURCE_DIRS.map(listTs))).flat().sort();
+  files.push(join(ROOT, 'src', 'agent', 'bundle.ts')); // how it is bundled
   for (const file of files) hash.update(`${relative(ROOT, file)}\0`).update(await readFile(file));
   hash.update(await agentVersion());
   return hash.digest('hex').slice(0, 16);

@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ensureAgentBundle } from '../../src/agent/bundle.ts';
 import { runChecked } from '../harness/exec.ts';
 import type { GuestInputs, GuestManifest } from './build.ts';
 import { newcArchive, type CpioEntry } from './cpio.ts';
@@ -130,12 +131,9 @@ async function stageRootFs(root: string, busybox: string, inputs: GuestInputs): 
 }
 
 /**
- * stub-agent.ts as plain JavaScript, since the guest's Node 20 cannot run TypeScript; as CommonJS,
- * because a .cjs entry starts ~0.4 s sooner than an ES module under TCG (Node skips its ESM loader).
+ * The real vmlet-agent: src/agent/bundle.ts bundles it into one CommonJS file (a .cjs entry starts
+ * ~0.4 s sooner than an ES module under TCG: Node skips its ESM loader).
  */
-async function compileAgent(): Promise<string> {
-  const ts = (await import('typescript')).default;
-  const source = await readFile(join(HERE, 'stub-agent.ts'), 'utf8');
-  const compilerOptions = { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 };
-  return ts.transpileModule(source, { compilerOptions, fileName: 'stub-agent.ts' }).outputText;
+async function compileAgent(): Promise<Buffer> {
+  return readFile(await ensureAgentBundle());
 }

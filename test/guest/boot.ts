@@ -6,15 +6,16 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient } from '../../src/agent/host/client.ts';
 import { runChecked } from '../harness/exec.ts';
 import {
   createFixtureDir, logTail, removeFixtureDir, spawnTracked, stopProcess,
   type ExitStatus, type TrackedProcess,
 } from '../harness/processes.ts';
 import { GUEST_CMDLINE, loadTestGuest } from './build.ts';
-import { AgentChannel } from './channel.ts';
+import { connectChannel } from './channel.ts';
 
-/** The virtio-serial port name the agent looks for under /sys/class/virtio-ports (as stub-agent.ts does). */
+/** The virtio-serial port name the agent looks for under /sys/class/virtio-ports (src/agent/guest/port.ts). */
 export const AGENT_PORT_NAME = 'org.vmlet.agent.0';
 const QEMU = 'qemu-system-x86_64';
 const QBOOT = '/usr/share/qemu/qboot.rom';
@@ -55,12 +56,12 @@ export interface BootedGuest {
   process: TrackedProcess;
   exited: Promise<ExitStatus>;
   /**
-   * Connects to the agent channel and waits for the agent's ready line. If QEMU exits or timeoutMs
-   * passes first, rejects with what happened and the tails of the console and QEMU logs.
+   * Connects to the agent channel and greets the agent (AgentClient) until it answers. If QEMU exits or
+   * timeoutMs passes first, rejects with what happened and the tails of the console and QEMU logs.
    */
-  waitForAgent(timeoutMs?: number): Promise<{ channel: AgentChannel; readyLine: string; readyMs: number }>;
-  /** Another connection to the agent channel (e.g. after closing one); no ready line comes on it. */
-  connectAgent(timeoutMs?: number): Promise<AgentChannel>;
+  waitForAgent(timeoutMs?: number): Promise<{ client: AgentClient; readyMs: number }>;
+  /** Another connection to the agent (it replaces the previous one, as a restarted vmlet would). */
+  connectAgent(timeoutMs?: number): Promise<AgentClient>;
   /** Kills QEMU if it still runs, closes channels, removes the work dir. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -81,27 +82,23 @@ export async function bootTestGuest(opts: BootOptions): Promise<BootedGuest> {
     const command = [QEMU, ...qemuArgs(opts, guest, cmdline, file)];
     const started = performance.now();
     const proc = spawnTracked('qemu', command[0]!, command.slice(1), { logFile: file('qemu.log') });
-    const channels = new Set<AgentChannel>();
+    const clients = new Set<AgentClient>();
     const exitReason = (): string | undefined =>
       proc.exitStatus && `QEMU exited (code ${proc.exitStatus.code}, signal ${proc.exitStatus.signal})`;
 
-    const connectAgent = async (timeoutMs = 10_000): Promise<AgentChannel> => {
-      const channel = await AgentChannel.connect(file('agent.sock'), timeoutMs, exitReason);
-      channels.add(channel);
-      return channel;
+    const connectAgent = async (timeoutMs = 10_000): Promise<AgentClient> => {
+      const socket = await connectChannel(file('agent.sock'), timeoutMs, exitReason);
+      // QEMU keeps the socket open until it exits; then the handshake fails at once instead of timing out.
+      const client = await AgentClient.connect(socket, { timeoutMs, clientName: 'vmlet test' });
+      clients.add(client);
+      return client;
     };
 
-    const waitForAgent = async (timeoutMs = 60_000): Promise<{ channel: AgentChannel; readyLine: string; readyMs: number }> => {
-      const deadline = Date.now() + timeoutMs;
-      let channel: AgentChannel | undefined;
+    const waitForAgent = async (timeoutMs = 60_000): Promise<{ client: AgentClient; readyMs: number }> => {
       try {
-        channel = await connectAgent(timeoutMs);
-        // QEMU keeps the socket open until it exits; then the read fails at once instead of timing out.
-        const readyLine = await channel.readLine(Math.max(0, deadline - Date.now()));
-        if (!readyLine.startsWith('vmlet-probe ready ')) throw new Error(`unexpected first line from the agent: ${readyLine}`);
-        return { channel, readyLine, readyMs: performance.now() - started };
+        const client = await connectAgent(timeoutMs);
+        return { client, readyMs: performance.now() - started };
       } catch (err) {
-        channel?.close();
         // A QEMU that is on its way out may still be writing the line that explains why.
         await Promise.race([proc.exited, sleep(200)]);
         const exited = exitReason();
@@ -124,7 +121,7 @@ export async function bootTestGuest(opts: BootOptions): Promise<BootedGuest> {
       connectAgent,
       waitForAgent,
       async stop() {
-        for (const c of channels) c.close();
+        for (const c of clients) c.close();
         await stopProcess(proc, 3000);
         await removeFixtureDir(workDir);
       },

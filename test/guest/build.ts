@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { agentSourceHash } from '../../src/agent/bundle.ts';
 import { runChecked, runCommand } from '../harness/exec.ts';
 import { cacheRoot } from '../harness/k8s-build.ts';
 import { assembleGuest, BUSYBOX_PACKAGE, KERNEL_META_PACKAGE } from './assemble.ts';
@@ -57,7 +58,7 @@ export interface GuestInputs {
 }
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const SOURCES = ['build.ts', 'assemble.ts', 'cpio.ts', 'kmod.ts', 'vmlinux.ts', 'initramfs-init.sh', 'rootfs-init.sh', 'stub-agent.ts', 'ssh-server.ts'];
+const SOURCES = ['build.ts', 'assemble.ts', 'cpio.ts', 'kmod.ts', 'vmlinux.ts', 'initramfs-init.sh', 'rootfs-init.sh', 'ssh-server.ts'];
 // quiet: every console byte is a trapped UART write under TCG. panic=-1: a panicking guest reboots at
 // once, which -no-reboot turns into a QEMU exit rather than a hang. tsc=reliable / no_timer_check: skip
 // clocksource and timer checks that TCG's unsteady timing can only fail slowly. cryptomgr.notests skips
@@ -162,6 +163,8 @@ async function resolveInputs(): Promise<GuestInputs> {
   const nodeStat = await stat(node);
   const sources = createHash('sha256');
   for (const file of SOURCES) sources.update(`${file}\0`).update(await readFile(join(HERE, file)));
+  // The agent in the guest is the real one (src/agent/), by the hash of its sources.
+  sources.update(`agent\0${await agentSourceHash()}`);
   return {
     kernelPackage: image[1],
     kernelVersion: image[2],

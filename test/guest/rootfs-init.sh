@@ -63,7 +63,8 @@ fi
 # The console is quiet (the kernel's `quiet`), so this line is the first sign on it that the guest is up;
 # drivers' tests wait for it when they do not speak the agent protocol.
 echo "vmlet-init: starting the agent"
-node /usr/lib/vmlet/agent.cjs
+# --shutdown exit: after a shutdown request the agent exits, and this script powers off.
+node /usr/lib/vmlet/agent.cjs --shutdown exit
 status=$?
 echo "vmlet-init: agent exited with status $status; powering off"
 sync

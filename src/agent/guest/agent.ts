@@ -13,7 +13,7 @@ import { logStream } from './log-stream.ts';
 import { MainProcess } from './main-process.ts';
 import { prepareProcess, signalName } from './process-spec.ts';
 import { Session, type SessionHost } from './session.ts';
-import { addresses, bootId, mount, run, setHostname, stats, systemFacts, uptimeSeconds } from './system.ts';
+import { addresses, bootId, bootIdSync, mount, run, setHostname, stats, systemFacts, uptimeSeconds, uptimeSecondsSync } from './system.ts';
 
 declare const VMLET_AGENT_VERSION: string | undefined;
 /** Set by the bundler (bundle.ts); "dev" when run from the TypeScript sources. */
@@ -38,6 +38,7 @@ export class Agent implements SessionHost {
   private current: Session | undefined;
   private shuttingDown = false;
   private readonly started = performance.now();
+  private readonly bootId = bootIdSync();
   private sessions = 0;
   /** Resolves when a shutdown has stopped everything and the agent should exit. */
   readonly done: Promise<void>;
@@ -56,11 +57,11 @@ export class Agent implements SessionHost {
     this.opts.log(msg);
   }
 
-  async hello(version: number | undefined, error?: AgentError): Promise<AgentHello> {
+  hello(version: number | undefined, error?: AgentError): AgentHello {
     return {
       magic: 'vmlet', role: 'agent', ...(version !== undefined ? { version } : {}),
       minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, agentVersion: AGENT_VERSION,
-      capabilities: CAPABILITIES, uptimeSeconds: await uptimeSeconds(), bootId: await bootId(),
+      capabilities: CAPABILITIES, uptimeSeconds: uptimeSecondsSync(), bootId: this.bootId,
       ...(error ? { error: error.toBody() } : {}),
     };
   }

@@ -7,6 +7,7 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { Agent, AGENT_VERSION } from './agent.ts';
 import { findPort, servePort } from './port.ts';
@@ -71,12 +72,21 @@ async function main(): Promise<void> {
     server.close();
   } else {
     const path = await findPort(values.port, 5000);
+    const server = await servePort(path, (link) => agent.serve(link), stop.signal);
     log(`serving on ${path}`);
-    void servePort(path, (link) => agent.serve(link), stop.signal).catch((err: Error) => {
+    server.served.catch((err: Error) => {
       log(`port ${path}: ${err.message}`);
       process.exit(1);
     });
     await agent.done;
+    stop.abort();
+    // The host closes the connection after a shutdown answer, which ends the blocked read. Should it not,
+    // exiting would hang on the read's thread: kill ourselves instead.
+    const idle = await Promise.race([server.idle().then(() => true), sleep(3000).then(() => false)]);
+    if (!idle) {
+      log('a read on the port is still blocked (the host did not disconnect); exiting with SIGKILL');
+      process.kill(process.pid, 'SIGKILL');
+    }
   }
   log('exiting');
 }

@@ -27,15 +27,36 @@ export async function findPort(name: string, timeoutMs: number): Promise<string>
   }
 }
 
-/** Serves connections on the port forever (or until stop() is called). */
-export async function servePort(path: string, onConnection: (link: Duplex) => void, signal?: AbortSignal): Promise<void> {
+export interface PortServer {
+  /** Ends when the port fails; runs until `signal` aborts otherwise. */
+  served: Promise<void>;
+  /**
+   * Resolves once no read is blocked on the port. A blocked read holds a thread-pool thread, and Node's
+   * exit waits for those threads: an agent must not exit while one is blocked (it would hang). The read
+   * returns when the host sends something or disconnects.
+   */
+  idle(): Promise<void>;
+}
+
+/** Serves connections on the port until `signal` aborts. */
+export async function servePort(path: string, onConnection: (link: Duplex) => void, signal?: AbortSignal): Promise<PortServer> {
   const port = await open(path, 'r+');
+  let reading: Promise<unknown> = Promise.resolve();
+  const served = loop(port, onConnection, signal, (r) => {
+    reading = r;
+  });
+  return { served, idle: () => reading.then(() => undefined, () => undefined) };
+}
+
+async function loop(port: FileHandle, onConnection: (link: Duplex) => void, signal: AbortSignal | undefined, track: (r: Promise<unknown>) => void): Promise<void> {
   const writer = new PortWriter(port);
   let link: PortLink | undefined;
   try {
     while (!signal?.aborted) {
       const buf = Buffer.allocUnsafe(64 * 1024);
-      const { bytesRead } = await port.read(buf, 0, buf.length, null);
+      const read = port.read(buf, 0, buf.length, null);
+      track(read);
+      const { bytesRead } = await read;
       if (bytesRead === 0) {
         if (link) {
           link.push(null);

@@ -12,8 +12,11 @@ import {
 } from '../protocol/messages.ts';
 
 export interface SessionHost {
-  /** Builds the agent's HELLO answer (version, capabilities, uptime). */
-  hello(version: number | undefined, error?: AgentError): Promise<AgentHello>;
+  /**
+   * Builds the agent's HELLO answer (version, capabilities, uptime). Synchronous on purpose: the session
+   * must be active again before the parser hands over the next frame, which may be a request.
+   */
+  hello(version: number | undefined, error?: AgentError): AgentHello;
   /** Runs one request; what it returns is the result, what it throws the error. */
   handle(session: Session, op: string, args: Record<string, unknown>): Promise<unknown>;
   /** A session said HELLO and became the current one. */
@@ -113,7 +116,7 @@ export class Session {
 
   private onFrame(frame: Frame): void {
     if (frame.type === FrameType.Hello) {
-      void this.onHello(frame.payload);
+      this.onHello(frame.payload);
       return;
     }
     if (!this.active) return;
@@ -159,7 +162,7 @@ export class Session {
     } else this.stdinCredit.set(stream, total);
   }
 
-  private async onHello(payload: Buffer): Promise<void> {
+  private onHello(payload: Buffer): void {
     let hello: Partial<HostHello>;
     try {
       hello = JSON.parse(payload.toString('utf8')) as Partial<HostHello>;
@@ -179,11 +182,11 @@ export class Session {
     if (!(version >= Math.max(min, MIN_PROTOCOL_VERSION))) {
       const err = new AgentError('VersionMismatch',
         `the host speaks protocol versions ${min}..${max}, this agent ${MIN_PROTOCOL_VERSION}..${PROTOCOL_VERSION}`);
-      this.send(encodeHello(await this.host.hello(undefined, err)));
+      this.send(encodeHello(this.host.hello(undefined, err)));
       this.active = false;
       return;
     }
-    this.send(encodeHello(await this.host.hello(version)));
+    this.send(encodeHello(this.host.hello(version)));
     this.active = true;
     this.host.log(`${this.name}: host attached (${hello.client ?? 'unnamed client'}, protocol ${version})`);
     this.host.attached(this);

@@ -1,6 +1,7 @@
 // Facts and settings of the guest system: info (hostname, kernel, addresses, uptime), stats (/proc/stat,
 // /proc/meminfo, statfs), hostname, and virtiofs mounts.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdir, readFile, statfs, writeFile } from 'node:fs/promises';
 import { arch, hostname, networkInterfaces, release } from 'node:os';
 import { AgentError } from '../protocol/errors.ts';
@@ -11,6 +12,22 @@ const CLOCK_TICKS = 100;
 
 export async function uptimeSeconds(): Promise<number> {
   return Number((await readFile('/proc/uptime', 'utf8').catch(() => '0')).split(' ')[0]);
+}
+
+export function uptimeSecondsSync(): number {
+  try {
+    return Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+  } catch {
+    return 0;
+  }
+}
+
+export function bootIdSync(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
 }
 
 export async function bootId(): Promise<string> {

@@ -140,8 +140,11 @@ export class AgentClient extends EventEmitter {
         };
         this.once('close', (err?: AgentError) => reject(err ?? new AgentError('Disconnected', 'closed during the handshake')));
         timer = setTimeout(() => reject(new AgentError('Timeout', `the agent did not answer HELLO within ${timeoutMs} ms`)), timeoutMs);
+        let flushed = false;
         retry = setInterval(() => {
-          this.send(Buffer.alloc(MAX_PAYLOAD + 32));
+          // Once is enough to end any stale frame; more zeros would only slow a booting agent down.
+          if (!flushed) this.send(Buffer.alloc(MAX_PAYLOAD + 32));
+          flushed = true;
           this.send(encodeHello(hello));
         }, opts.retryMs ?? 1000);
         this.send(encodeHello(hello));
@@ -268,10 +271,11 @@ export class AgentClient extends EventEmitter {
 
   /**
    * Stops the main processes (SIGTERM, SIGKILL after graceMs), syncs and powers the guest off. Resolves
-   * when the agent has stopped everything and is about to power off.
+   * when the agent has stopped everything and is about to power off; the client is closed then.
    */
   shutdown(opts: { graceMs?: number } = {}): Promise<void> {
-    return this.request('shutdown', opts, { timeoutMs: (opts.graceMs ?? 10_000) + 60_000 }).then(() => undefined);
+    // Then the connection is closed: that also releases the agent's blocked read of the virtio port.
+    return this.request('shutdown', opts, { timeoutMs: (opts.graceMs ?? 10_000) + 60_000 }).then(() => this.close());
   }
 
   /** Closes the connection; the agent keeps running (main processes too) and waits for a new host. */
