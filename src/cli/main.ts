@@ -16,6 +16,9 @@ export function buildProgram(): Command {
     .description('A Kubernetes node agent that runs pods as virtual machines.')
     .version(`vmlet ${VMLET_VERSION} (kubelet ${KUBELET_VERSION})`, '-v, --version')
     .showHelpAfterError()
+    // Program options (-v) only before the subcommand, so `vm run -v` is a volume and `vm run IMAGE CMD -x`
+    // passes -x to CMD.
+    .enablePositionalOptions()
     .configureOutput({ outputError: (text, write) => write(text) });
 
   const run = program

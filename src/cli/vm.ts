@@ -39,6 +39,8 @@ export function addVmCommands(program: Command): void {
   const vm = program.command('vm').description('Run VMs locally, without a cluster');
   storeOptions(vm.command('run <image> [command...]'))
     .description('Boot a VM from an image, run a command in it through the guest agent, then stop and remove the VM')
+    // Options after IMAGE belong to the command: `vmlet vm run IMAGE ls -l` as with `docker run`.
+    .passThroughOptions()
     .option('--cpus <n>', 'virtual CPUs (default: the image\'s cpuCount)')
     .option('--memory <bytes>', 'memory, e.g. 1Gi (default: the image\'s memorySize)')
     .option('-i, --interactive', 'keep stdin open and pass it to the command')
@@ -58,12 +60,17 @@ export function addVmCommands(program: Command): void {
         const e = err as Error & { reason?: string };
         const known = e.reason !== undefined || e instanceof ConfigError || ['PullError', 'CloneError', 'ImageCorruptError', 'RegistryError', 'ImageFormatError'].includes(e.name);
         process.stderr.write(`vmlet: ${known ? e.message : (e.stack ?? e.message)}\n`);
-        return e instanceof ConfigError ? 2 : VM_RUN_FAILED;
+        if (e instanceof ConfigError) return 2;
+        // As a shell (and docker run) says it: 127 for a command that is not there, 126 for one that cannot run.
+        if (e.reason === 'StartFailed') return /not found|ENOENT/.test(e.message) ? 127 : 126;
+        return VM_RUN_FAILED;
       });
     });
 }
 
-async function runVm(ref: string, command: string[], flags: RunFlags): Promise<number> {
+async function runVm(ref: string, argv: string[], flags: RunFlags): Promise<number> {
+  // `vm run IMAGE -- CMD`: with options passed through after IMAGE, the `--` arrives as an argument.
+  const command = argv[0] === '--' ? argv.slice(1) : argv;
   if (command.length === 0) throw new ConfigError('vm run needs a command after the image, e.g. vmlet vm run IMAGE -- uname -a');
   if (!['missing', 'always', 'never'].includes(flags.pull)) throw new ConfigError(`--pull must be missing, always or never (got "${flags.pull}")`);
   const say = (text: string) => {

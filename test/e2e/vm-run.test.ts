@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { runCommand } from '../harness/exec.ts';
 import { createFixtureDir, removeFixtureDir } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
-import { runVmlet } from '../harness/vmlet.ts';
+import { runVmlet, VMLET_BIN } from '../harness/vmlet.ts';
 import { ensureTestGuest } from '../guest/build.ts';
 import { guestImageSource, importArgs } from '../guest/image.ts';
 
@@ -17,8 +17,9 @@ let registry: Registry;
 let dir: string;
 let image: string;
 
-const vmlet = (store: string, args: string[], input?: string) =>
-  runCommand(process.execPath, [path.join(import.meta.dirname, '../../bin/vmlet.js'), ...args, `--store=${store}`], { timeoutMs: 240_000, ...(input !== undefined ? { input } : {}) });
+/** `vmlet <group> <verb> --store=STORE ...args`: the store goes before the guest command. */
+const vmlet = (store: string, [group, verb, ...args]: string[], input?: string) =>
+  runCommand(process.execPath, [VMLET_BIN, group!, verb!, `--store=${store}`, ...args], { timeoutMs: 240_000, ...(input !== undefined ? { input } : {}) });
 
 /** QEMU processes whose command line mentions `dir`: none may outlive a `vm run`. */
 async function qemusUnder(dir: string): Promise<string[]> {
@@ -46,7 +47,7 @@ after(async () => {
 
 test('vm run pulls the image, runs the command in the VM with its stdout, stderr and exit code, and leaves nothing behind', async () => {
   const store = path.join(dir, 'store');
-  const r = await vmlet(store, ['vm', 'run', image, '-e', 'GREETING=hello world', '-w', '/tmp', '--',
+  const r = await vmlet(store, ['vm', 'run', '-e', 'GREETING=hello world', '-w', '/tmp', image, '--',
     'sh', '-c', 'echo "$GREETING from $(hostname) in $(pwd)"; uname -s; echo oops >&2; exit 3']);
   assert.equal(r.code, 3, r.stderr);
   assert.equal(r.stdout, 'hello world from vmlet-guest in /tmp\nLinux\n');
@@ -63,9 +64,9 @@ test('vm run -i passes stdin through, and -v shares a host directory the guest c
   const share = path.join(dir, 'share');
   await mkdir(share, { recursive: true });
   const secret = randomBytes(16).toString('hex');
-  await writeFile(path.join(share, 'note.txt'), secret);
+  await writeFile(path.join(share, 'note.txt'), `${secret}\n`);
   const input = `${'line of input\n'.repeat(1000)}end\n`;
-  const r = await vmlet(store, ['vm', 'run', '--pull=never', '-i', '-v', `${share}:/mnt/share:ro`, image, '--',
+  const r = await vmlet(store, ['vm', 'run', '-i', '-v', `${share}:/mnt/share:ro`, image, '--',
     'sh', '-c', 'wc -l; cat /mnt/share/note.txt; touch /mnt/share/x 2>/dev/null && echo writable || echo read-only'], input);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.trim().split('\n').map((l) => l.trim()), ['1001', secret, 'read-only']);
