@@ -326,11 +326,13 @@ function wrapChannel(channel: ClientChannel, what: string, opts: Pick<SshExecOpt
     async signal(name: string) {
       const sig = name.toUpperCase().replace(/^SIG/, '');
       if (!SIGNALS.has(sig)) throw new Error(`${what}: unknown signal ${name} (SSH carries ${[...SIGNALS].join(', ')})`);
-      // ssh2's channel.signal() drops the request once stdin has been ended; the protocol allows it
-      // until the channel closes, so send it on the protocol directly while the channel is open.
+      // ssh2's channel.signal() drops the request once stdin has been ended (outgoing state 'eof'); the
+      // protocol allows requests until the channel closes, so send it on the protocol directly then.
       const c = channel as unknown as { outgoing?: { id: number; state: string }; _client?: { _protocol?: { signal(id: number, s: string): void } } };
-      if (c.outgoing?.state === 'open' && c._client?._protocol) c._client._protocol.signal(c.outgoing.id, sig);
-      else channel.signal(sig);
+      const state = c.outgoing?.state;
+      if ((state === 'open' || state === 'eof') && c._client?._protocol) c._client._protocol.signal(c.outgoing!.id, sig);
+      else if (state === 'open') channel.signal(sig);
+      else throw new Error(`${what}: cannot signal ${name}: the program's channel is closed`);
     },
     close() {
       // Hangs the channel up: the server closes the program's pipes or terminal (SIGHUP with a tty).
