@@ -57,13 +57,15 @@ export const LAUNCHD_LABEL = 'dev.vmlet.agent';
 export const SYSTEMD_UNIT = 'vmlet-agent.service';
 
 // One round trip for everything the installer needs to know. Each line is KEY=VALUE; `command -v`
-// goes through the login shell's PATH, as the agent's start will.
+// goes through the login shell's PATH.
 const PROBE = [
   'echo "os=$(uname -s)"',
   'echo "arch=$(uname -m)"',
   'echo "uid=$(id -u)"',
-  'n=$(command -v node 2>/dev/null); echo "node=$n"',
-  'if [ -n "$n" ]; then echo "nodeVersion=$(node --version 2>/dev/null)"; fi',
+  // A non-login `sh -c` on macOS has only /usr/bin:/bin:/usr/sbin:/sbin in PATH; Homebrew puts node
+  // in /opt/homebrew/bin (Apple silicon) or /usr/local/bin.
+  'n=$(command -v node 2>/dev/null); for c in /opt/homebrew/bin/node /usr/local/bin/node; do [ -z "$n" ] && [ -x "$c" ] && n=$c; done; echo "node=$n"',
+  'if [ -n "$n" ]; then echo "nodeVersion=$("$n" --version 2>/dev/null)"; fi',
   'if command -v setsid >/dev/null 2>&1; then echo setsid=1; fi',
   'if [ -d /run/systemd/system ]; then echo systemd=1; fi',
   'if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo=1; fi',
@@ -227,7 +229,7 @@ export async function installAgentOverSsh(conn: SshConnection, opts: AgentInstal
   const sudo = facts.uid === 0 ? '' : 'sudo -n ';
   const dir = opts.remoteDir ?? '/usr/local/lib/vmlet';
   const remotePath = `${dir}/vmlet-agent.cjs`;
-  const logFile = facts.os === 'Darwin' ? '/var/log/vmlet-agent.log' : '/var/log/vmlet-agent.log';
+  const logFile = '/var/log/vmlet-agent.log';
   const args = opts.args ?? [];
   const q = (s: string): string => shellQuote(s).toString();
   const step = async (what: string, script: string): Promise<string> => {
