@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import { ensureAgentBundle } from '../../src/agent/bundle.ts';
 import { timeTrueOverSsh } from '../../src/agent/ssh/bench.ts';
 import { SshConnection, SshError, waitForSsh, type SshConnectOptions, type SshExec } from '../../src/agent/ssh/client.ts';
-import { installAgentOverSsh } from '../../src/agent/ssh/install.ts';
+import { installAgentOverSsh, uploadFile } from '../../src/agent/ssh/install.ts';
 import { createFixtureDir, freePort, removeFixtureDir } from '../harness/processes.ts';
 import { bootTestGuest, type BootedGuest } from '../guest/boot.ts';
 import { ensureTestGuest } from '../guest/build.ts';
@@ -184,7 +184,20 @@ test('benchmark hook: true over a reused connection vs a new connection each tim
     `new connection median ${median(timings.newConnectionMs).toFixed(0)} ms`);
 });
 
-test('installs the real agent over SSH (cat upload, setsid), which then answers on virtio-serial', { timeout: 180_000 }, async (t) => {
+test('uploads over SFTP and over `cat >` (told not to use SFTP), checked by SHA-256 on the guest', { timeout: 120_000 }, async () => {
+  const local = join(dir!, 'payload.bin');
+  const data = randomBytes(300_000);
+  await writeFile(local, data);
+  for (const via of ['sftp', 'cat'] as const) {
+    const remote = `/tmp/payload-${via}`;
+    assert.equal(await uploadFile(admin, local, remote, { via, mode: 0o640 }), via);
+    const back = await admin.run({ argv: ['cat', remote] });
+    assert.ok(back.stdout.equals(data), `${via}: the file on the guest differs`);
+    assert.equal((await admin.run({ argv: ['stat', '-c', '%a', remote] })).stdout.toString().trim(), '640');
+  }
+});
+
+test('installs the real agent over SSH (setsid), which then answers on virtio-serial', { timeout: 180_000 }, async (t) => {
   const bundlePath = await ensureAgentBundle();
   // As admin the install is refused: no root and no sudo in this guest.
   await assert.rejects(installAgentOverSsh(admin, { bundlePath }), /as admin: cannot install the vmlet agent: the login \(uid 1000\) is not root/);
@@ -193,7 +206,7 @@ test('installs the real agent over SSH (cat upload, setsid), which then answers 
     const result = await installAgentOverSsh(root, { bundlePath, log: (m) => t.diagnostic(m) });
     assert.equal(result.facts.os, 'Linux');
     assert.equal(result.facts.arch, 'x86_64');
-    assert.equal(result.upload, 'cat', 'dropbear here has no sftp-server');
+    assert.equal(result.upload, 'sftp');
     assert.equal(result.start, 'setsid');
     assert.ok(result.pid && result.pid > 1);
   } finally {

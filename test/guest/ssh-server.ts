@@ -9,9 +9,11 @@ import { runChecked } from '../harness/exec.ts';
 /**
  * dropbear-bin and what it needs besides libc, found with `objdump -p | grep NEEDED` on Debian 12:
  * dropbear → libtomcrypt1, libtommath1, libcrypt1 (crypt(3) for /etc/shadow), zlib1g; libtomcrypt1 →
- * libgmp10. build.ts pins their versions into the guest's cache key.
+ * libgmp10. Plus OpenSSH's sftp-server (libc only), which dropbear runs for the SFTP subsystem from
+ * /usr/lib/sftp-server, so that both of the agent installer's upload paths can be tested (SFTP, and
+ * `cat >` when it is told not to use SFTP). build.ts pins their versions into the guest's cache key.
  */
-export const SSH_PACKAGES = ['dropbear-bin', 'libtomcrypt1', 'libtommath1', 'libgmp10', 'libcrypt1', 'zlib1g'];
+export const SSH_PACKAGES = ['dropbear-bin', 'libtomcrypt1', 'libtommath1', 'libgmp10', 'libcrypt1', 'zlib1g', 'openssh-sftp-server'];
 
 /** The accounts the guest has besides root's entry in assemble.ts: user → password. */
 export const SSH_USERS = { admin: 'admin', root: 'root' } as const;
@@ -47,6 +49,8 @@ export async function stageSshServer(root: string, work: string, packages: strin
   };
   await copy('usr/sbin/dropbear');
   await copy('usr/bin/dropbearkey');
+  await copy('usr/lib/openssh/sftp-server');
+  await copy('usr/lib/sftp-server'); // -> openssh/sftp-server
   for (const dir of ['lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu']) {
     const names = await readdir(join(unpacked, dir)).catch(() => [] as string[]);
     for (const name of names) if (name.includes('.so')) await copy(join(dir, name));

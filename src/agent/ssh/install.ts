@@ -38,8 +38,12 @@ export interface AgentInstallOptions {
   remoteDir?: string;
   /** Arguments for the agent (default: none, i.e. the virtio-serial port org.vmlet.agent.0). */
   args?: string[];
+  /** 'auto' (default): SFTP when the server has it, else `cat >`. */
+  upload?: UploadVia;
   log?: (msg: string) => void;
 }
+
+export type UploadVia = 'auto' | 'sftp' | 'cat';
 
 export interface AgentInstallResult {
   facts: GuestFacts;
@@ -102,12 +106,16 @@ export function checkGuestForBundle(facts: GuestFacts, whereText: string): void 
 
 /**
  * Copies `local` to `remote` (via a temporary name, renamed at the end, so a half file is never the
- * agent) and checks its SHA-256 on the guest. Uses SFTP, else `cat >` on an exec channel.
+ * agent) and checks its SHA-256 on the guest. Uses SFTP (`via` 'auto' or 'sftp'), else `cat >` on an
+ * exec channel.
  */
-export async function uploadFile(conn: SshConnection, local: string, remote: string, mode = 0o755): Promise<'sftp' | 'cat'> {
+export async function uploadFile(conn: SshConnection, local: string, remote: string, opts: { mode?: number; via?: UploadVia } = {}): Promise<'sftp' | 'cat'> {
+  const mode = opts.mode ?? 0o755;
+  const via = opts.via ?? 'auto';
   const tmp = `${remote}.tmp-${process.pid}-${Date.now()}`;
   const q = (s: string): string => shellQuote(s).toString();
-  const sftp = await conn.sftp();
+  const sftp = via === 'cat' ? undefined : await conn.sftp();
+  if (via === 'sftp' && !sftp) throw new Error(`${where(conn)}: the server has no SFTP subsystem`);
   let method: 'sftp' | 'cat';
   if (sftp) {
     await new Promise<void>((resolve, reject) => sftp.fastPut(local, tmp, { mode }, (err) => (err ? reject(err) : resolve()))).catch((err: Error) => {
@@ -241,7 +249,7 @@ export async function installAgentOverSsh(conn: SshConnection, opts: AgentInstal
   // Upload as the login user into a place it can write, then move into place as root.
   const staging = sudo ? `/tmp/vmlet-agent-${process.pid}.cjs` : remotePath;
   await step(`creating ${dir}`, `${sudo}mkdir -p ${q(dir)} && ${sudo}mkdir -p /var/log`);
-  const upload = await uploadFile(conn, opts.bundlePath, staging);
+  const upload = await uploadFile(conn, opts.bundlePath, staging, { via: opts.upload ?? 'auto' });
   if (sudo) await step(`moving the agent into ${dir}`, `${sudo}install -m 755 ${q(staging)} ${q(remotePath)} && rm -f ${q(staging)}`);
   log(`uploaded ${opts.bundlePath} to ${remotePath} (${upload})`);
   const node = facts.node!;
