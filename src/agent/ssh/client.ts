@@ -131,8 +131,11 @@ export class SshConnection {
         clearTimeout(timer);
         client.removeAllListeners('ready');
         client.on('error', () => {}); // late errors from a connection being torn down
+        // ssh2's end() only half-closes, and its destroy() skips a socket that is no longer writable:
+        // against a server that never answers, the socket would stay open. Destroy it outright.
+        const sock = (client as unknown as { _sock?: { destroy(): void } })._sock;
         client.end();
-        client.destroy();
+        sock?.destroy();
         reject(err);
       };
       const timer = setTimeout(() => {

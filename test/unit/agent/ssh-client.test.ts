@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
+import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -19,8 +19,11 @@ interface TestServer {
   close(): Promise<void>;
 }
 
-/** An SSH server that lets admin/admin in and runs exec requests with /bin/sh -c on this host. */
-async function startServer(): Promise<TestServer> {
+/**
+ * An SSH server that lets admin/admin in and runs exec requests with /bin/sh -c on this host. With
+ * 'keyboard-interactive' it offers only that method and asks for the password as PAM does (macOS).
+ */
+async function startServer(auth: 'password' | 'keyboard-interactive' = 'password'): Promise<TestServer> {
   const key = utils.generateKeyPairSync('ed25519');
   const parsed = utils.parseKey(key.public);
   if (parsed instanceof Error) throw parsed;
@@ -30,8 +33,14 @@ async function startServer(): Promise<TestServer> {
     client.on('error', () => {});
     client.on('close', () => connections.delete(client));
     client.on('authentication', (ctx) => {
-      if (ctx.method === 'password' && ctx.username === 'admin' && ctx.password === 'admin') ctx.accept();
-      else ctx.reject(['password', 'publickey']);
+      if (auth === 'password') {
+        if (ctx.method === 'password' && ctx.username === 'admin' && ctx.password === 'admin') ctx.accept();
+        else ctx.reject(['password', 'publickey']);
+      } else if (ctx.method === 'keyboard-interactive' && ctx.username === 'admin') {
+        ctx.prompt([{ prompt: 'Password:', echo: false }], (answers) => (answers[0] === 'admin' ? ctx.accept() : ctx.reject(['keyboard-interactive'])));
+      } else {
+        ctx.reject(['keyboard-interactive']);
+      }
     });
     client.on('session', (accept) => {
       const session = accept();
@@ -133,6 +142,19 @@ test('a wrong password fails in one line naming what was tried', async () => {
   );
 });
 
+test('a server that only offers keyboard-interactive (PAM, as macOS can be) gets the password', async () => {
+  const kbd = await startServer('keyboard-interactive');
+  try {
+    const conn = await SshConnection.connect(opts(kbd.port, 'pin-kbd.json'));
+    assert.equal((await conn.run({ argv: ['true'] })).exitCode, 0);
+    conn.close();
+    const err = await failure(SshConnection.connect(opts(kbd.port, 'pin-kbd.json', 'wrong')));
+    assert.equal(err.message, `ssh to 127.0.0.1:${kbd.port} as admin: authentication failed (tried password, keyboard-interactive; the server offers keyboard-interactive)`);
+  } finally {
+    await kbd.close();
+  }
+});
+
 test('a closed port is "connection refused"; a silent server times out within the bound', async () => {
   const port = await freePort();
   const refused = await failure(SshConnection.connect(opts(port, 'pin-refused.json')));
@@ -140,14 +162,21 @@ test('a closed port is "connection refused"; a silent server times out within th
   assert.equal(refused.message, `ssh to 127.0.0.1:${port} as admin: connection refused (is the SSH server running?)`);
 
   // A TCP server that accepts and never sends an SSH greeting.
-  const silent: TcpServer = createTcpServer(() => {});
+  const accepted = new Set<Socket>();
+  const silent: TcpServer = createTcpServer((s) => accepted.add(s));
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   const silentPort = (silent.address() as { port: number }).port;
   try {
     const err = await failure(SshConnection.connect({ ...opts(silentPort, 'pin-silent.json'), timeoutMs: 300 }));
     assert.equal(err.reason, 'timeout');
     assert.match(err.message, /no SSH session within 0\.3 s/);
+    // The client gave up for real: the server sees the connection end (and a socket left open would
+    // keep this test process from exiting).
+    const [conn] = accepted;
+    assert.ok(conn);
+    if (!conn.closed) await new Promise((resolve) => conn.once('close', resolve).resume());
   } finally {
+    for (const s of accepted) s.destroy();
     silent.close();
   }
 });
