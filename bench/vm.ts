@@ -111,7 +111,17 @@ try {
       c.close();
     }
   });
+  // What the guest itself costs, measured inside it (the floor under any exec path): an agent round trip
+  // with no process (ping), and a fork+exec of /bin/true from busybox sh and from Node (the agent's spawn).
+  const ping = await time(N, () => both.agent.ping());
+  const inGuest = await both.agent.run({ shell: [
+    'a=$(date +%s%N); for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done; b=$(date +%s%N); echo $(( (b - a) / 10000000 ))',
+    'node -e "const c=require(\'child_process\'); const t=process.hrtime.bigint(); for (let i=0;i<10;i++) c.spawnSync(\'/bin/true\'); console.log(Number(process.hrtime.bigint()-t)/1e7)"',
+  ].join('\n') });
+  const [shFork, nodeSpawn] = inGuest.stdout.trim().split('\n').map(Number);
   console.log('\n| `true` in the guest | median | ratio to the agent |\n|---|---|---|');
+  console.log(`| (floor) agent ping round trip, no process | ${ms(ping)} | |`);
+  console.log(`| (floor) fork+exec of /bin/true inside the guest: busybox sh / Node spawnSync | ${ms(shFork!)} / ${ms(nodeSpawn!)} | |`);
   console.log(`| agent exec | ${ms(viaAgent)} | 1x |`);
   console.log(`| SSH exec, open connection | ${ms(viaSsh)} | **${(viaSsh / viaAgent).toFixed(1)}x** (target >= 3x) |`);
   console.log(`| SSH exec, new connection each time | ${ms(viaSshNew)} | ${(viaSshNew / viaAgent).toFixed(1)}x |`);
@@ -126,6 +136,12 @@ try {
   const [got] = await Promise.all([drain(big.stdout), big.exited]);
   const agentSec = (performance.now() - t0) / 1000;
   if (got !== GiB) throw new Error(`agent exec delivered ${got} bytes of ${GiB}`);
+  // The guest's own pipe speed under this accelerator: the ceiling for any exec's output.
+  const pipeBytes = 128 * MiB;
+  const tp = performance.now();
+  const pipe = await both.agent.run({ shell: `head -c ${pipeBytes} /dev/zero | cat > /dev/null` });
+  if (pipe.exitCode !== 0) throw new Error(`in-guest pipe: ${pipe.stderr}`);
+  const pipeSec = (performance.now() - tp) / 1000;
   const t1 = performance.now();
   const sshBytes = 256 * MiB;
   const sshBig = await ssh.exec({ argv: ['head', '-c', String(sshBytes), '/dev/zero'] });
@@ -134,6 +150,7 @@ try {
   if (sshGot !== sshBytes) throw new Error(`ssh exec delivered ${sshGot} bytes of ${sshBytes}`);
   console.log('\n| stdout through exec | bytes | time | rate |\n|---|---|---|---|');
   console.log(`| agent | 1 GiB | ${agentSec.toFixed(2)} s | **${(GiB / MiB / agentSec).toFixed(0)} MiB/s** |`);
+  console.log(`| (ceiling) \`head -c | cat\` inside the guest | 128 MiB | ${pipeSec.toFixed(2)} s | ${(pipeBytes / MiB / pipeSec).toFixed(0)} MiB/s |`);
   console.log(`| SSH (dropbear) | 256 MiB | ${sshSec.toFixed(2)} s | ${(sshBytes / MiB / sshSec).toFixed(0)} MiB/s |`);
   ssh.close();
 } finally {
