@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { after, before, test } from 'node:test';
 import { ensureAgentBundle } from '../../src/agent/bundle.ts';
 import { timeTrueOverSsh } from '../../src/agent/ssh/bench.ts';
@@ -42,6 +43,7 @@ before(async () => {
   try {
     // Until dropbear listens, QEMU's forward accepts and hangs up; waitForSsh retries that.
     admin = await waitForSsh({ ...target(), totalTimeoutMs: 150_000 });
+    console.log(`boot to first SSH login: ${((performance.now() - vm.startedAt) / 1000).toFixed(2)} s`);
   } catch (err) {
     throw new Error(`${(err as Error).message}\n${await readFile(vm.consoleLog, 'utf8').catch(() => '')}`);
   }
