@@ -323,8 +323,8 @@ function wrapChannel(channel: ClientChannel, what: string, opts: Pick<SshExecOpt
       channel.setWindow(rows, cols, 0, 0);
     },
     /**
-     * The SSH signal request has no reply: a server that does not implement it (OpenSSH before 7.9 did
-     * not) ignores it silently, and `exited` then shows no signal. dropbear and current OpenSSH deliver it.
+     * The SSH signal request has no reply: a server that does not implement it (older OpenSSH
+     * releases did not) ignores it silently, and `exited` then shows no signal. dropbear and current OpenSSH deliver it.
      */
     async signal(name: string) {
       const sig = name.toUpperCase().replace(/^SIG/, '');
