@@ -1,8 +1,9 @@
 // Host side of the test guest's agent channel: connects to the unix socket QEMU serves for the
 // virtio-serial port (-chardev socket,server=on), retrying while QEMU has not created it yet. The bytes
 // on it are the agent protocol (src/agent/host/client.ts speaks it).
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { connectUnix } from '../../src/host/unix-socket.ts';
 
 /**
  * Connects to QEMU's socket, retrying while it does not exist or listen yet (QEMU creates it a moment
@@ -12,7 +13,7 @@ export async function connectChannel(path: string, timeoutMs: number, gaveUp: ()
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
-      return await connectOnce(path);
+      return await connectUnix(path);
     } catch (err) {
       const reason = gaveUp();
       if (reason) throw new Error(`cannot connect to ${path}: ${reason}`);
@@ -22,13 +23,3 @@ export async function connectChannel(path: string, timeoutMs: number, gaveUp: ()
   }
 }
 
-function connectOnce(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path);
-    socket.once('connect', () => {
-      socket.removeListener('error', reject);
-      resolve(socket);
-    });
-    socket.once('error', reject);
-  });
-}

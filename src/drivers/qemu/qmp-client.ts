@@ -3,9 +3,10 @@
 // qmp-protocol.ts. The socket closes when QEMU exits: 'close' is how a VM that is not our child is seen
 // going away.
 import { EventEmitter } from 'node:events';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeQmpCommand, QmpDecoder, type QmpEvent, type QmpMessage } from './qmp-protocol.ts';
+import { connectUnix } from '../../host/unix-socket.ts';
 
 export class QmpError extends Error {
   override name = 'QmpError';
@@ -54,7 +55,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     for (;;) {
       let socket: Socket;
       try {
-        socket = await connectOnce(path);
+        socket = await connectUnix(path);
       } catch (err) {
         const reason = gaveUp();
         if (reason) throw new Error(`cannot connect to QMP at ${path}: ${reason}`);
@@ -143,13 +144,3 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
   }
 }
 
-function connectOnce(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path);
-    socket.once('connect', () => {
-      socket.off('error', reject);
-      resolve(socket);
-    });
-    socket.once('error', reject);
-  });
-}

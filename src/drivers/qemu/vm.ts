@@ -9,7 +9,6 @@
 // asked for (persisted in vm.json, so it survives a vmlet restart too).
 import type { ChildProcess } from 'node:child_process';
 import { copyFile, open, rename, rm, stat } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -21,6 +20,7 @@ import { isAlive, observeProcess, processUsage, signalRecorded, spawnDetached, w
 import { QmpClient } from './qmp-client.ts';
 import { shutdownInfo, type QmpEvent } from './qmp-protocol.ts';
 import { checkIdentity, classifyExit, exitFromRecord, exitToRecord, qemuErrorLine, type Intent, type ProcessRecord, type VmRecord } from './state.ts';
+import { connectUnix } from '../../host/unix-socket.ts';
 
 /** The logger calls the driver makes: pino's, or anything shaped like it. */
 export interface DriverLogger {
@@ -552,16 +552,6 @@ export class QemuVm implements Vm {
   }
 }
 
-function connectUnix(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path);
-    socket.once('connect', () => {
-      socket.off('error', reject);
-      resolve(socket);
-    });
-    socket.once('error', reject);
-  });
-}
 
 async function readFrom(file: string, offset: number): Promise<string> {
   const handle = await open(file, 'r').catch(() => undefined);
