@@ -1,17 +1,21 @@
 // Installing vmlet-agent over SSH at first boot, for images that have an SSH server but no agent: look
-// at the guest (uname, node, setsid, root or sudo), refuse clearly when it cannot run the bundle, upload
-// it (SFTP, or `cat >` over exec when the server has no SFTP subsystem, as dropbear without sftp-server),
+// at the guest (uname, node, setsid, root or sudo), pick what to install — the JavaScript bundle when
+// the guest has Node 20+, else the self-contained binary (src/agent/sea.ts) for its uname -s/-m when
+// the caller offers one — refuse clearly when neither fits, upload it (SFTP, or `cat >` over exec when the server has no SFTP subsystem, as dropbear without sftp-server),
 // check its SHA-256 on the guest, and start it so that it outlives the SSH session.
 //
 // Linux is implemented and tested against a real guest (test/e2e/ssh.test.ts): the agent is started with
 // setsid (its own session, no controlling terminal, stdio on a log file), or as a systemd unit where the
 // guest runs systemd (the unit text is unit-tested; the test guest has no systemd). macOS (launchd) is
 // written as data — the plist and the commands — and unit-tested only, since no Mac is available here;
-// it has not run on a real Mac yet.
+// it has not run on a real Mac yet. On macOS the binary is ad-hoc signed on the guest after the upload
+// (`codesign --force --sign -`): postject, which made it, dropped Node's signature, and macOS runs no
+// unsigned arm64 code.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
+import { SIGN_COMMAND, seaTargetOfUname, targetName, type SeaTarget } from '../sea.ts';
 import type { SshConnection } from './client.ts';
 import { shellQuote } from './quote.ts';
 
@@ -32,8 +36,15 @@ export interface GuestFacts {
 }
 
 export interface AgentInstallOptions {
-  /** The agent bundle on this host (src/agent/bundle.ts: ensureAgentBundle()). */
-  bundlePath: string;
+  /** The agent bundle on this host (src/agent/bundle.ts: ensureAgentBundle()), for guests with Node 20+. */
+  bundlePath?: string;
+  /**
+   * The self-contained agent for the guest's platform (src/agent/sea.ts), e.g. `(t) => ensureAgentBinary(t)`;
+   * asked only when the binary is what gets installed. Undefined (or returning undefined): none for it.
+   */
+  agentBinary?: (target: SeaTarget) => Promise<string | undefined> | string | undefined;
+  /** 'auto' (default): the bundle when the guest can run it and bundlePath is given, else the binary. */
+  artifact?: AgentArtifact;
   /** Directory in the guest; default /usr/local/lib/vmlet. */
   remoteDir?: string;
   /** Arguments for the agent (default: none, i.e. the virtio-serial port org.vmlet.agent.0). */
@@ -44,9 +55,12 @@ export interface AgentInstallOptions {
 }
 
 export type UploadVia = 'auto' | 'sftp' | 'cat';
+export type AgentArtifact = 'auto' | 'bundle' | 'binary';
 
 export interface AgentInstallResult {
   facts: GuestFacts;
+  /** What was installed: the JavaScript bundle (run by the guest's node) or the self-contained binary. */
+  artifact: 'bundle' | 'binary';
   remotePath: string;
   upload: 'sftp' | 'cat';
   start: 'setsid' | 'systemd' | 'launchd';
@@ -93,15 +107,49 @@ export async function probeGuest(conn: SshConnection): Promise<GuestFacts> {
 
 /** Throws, in one line, why this guest cannot run the JavaScript agent bundle; returns if it can. */
 export function checkGuestForBundle(facts: GuestFacts, whereText: string): void {
-  const cannot = (why: string): never => {
-    throw new Error(`${whereText}: cannot install the vmlet agent: ${why}`);
-  };
-  if (facts.os !== 'Linux' && facts.os !== 'Darwin') cannot(`unsupported guest OS ${JSON.stringify(facts.os)} (uname -s; Linux and Darwin are)`);
-  if (!['x86_64', 'amd64', 'aarch64', 'arm64'].includes(facts.arch)) cannot(`unsupported architecture ${JSON.stringify(facts.arch)} (uname -m)`);
-  if (!facts.node) cannot(`the guest (${facts.os} ${facts.arch}) has no node in PATH, and the agent bundle is JavaScript for Node ${MIN_NODE_MAJOR} or newer`);
+  const why = platformProblem(facts) ?? nodeProblem(facts) ?? rootProblem(facts);
+  if (why) throw cannotInstall(whereText, why);
+}
+
+/**
+ * Which artifact to install on this guest (throws, in one line, when none fits). 'auto': the bundle
+ * when the guest has Node 20+ and a bundle is offered, else the binary when one is offered.
+ */
+export function chooseArtifact(facts: GuestFacts, offer: { artifact?: AgentArtifact; bundle: boolean; binary: boolean }, whereText: string): 'bundle' | 'binary' {
+  const why = platformProblem(facts) ?? rootProblem(facts);
+  if (why) throw cannotInstall(whereText, why);
+  const artifact = offer.artifact ?? 'auto';
+  const node = nodeProblem(facts);
+  if (artifact === 'bundle' || (artifact === 'auto' && !offer.binary)) {
+    if (node) throw cannotInstall(whereText, node);
+    if (!offer.bundle) throw cannotInstall(whereText, 'no agent bundle was given');
+    return 'bundle';
+  }
+  if (artifact === 'auto' && !node && offer.bundle) return 'bundle';
+  if (!offer.binary) throw cannotInstall(whereText, 'no self-contained agent binary was given');
+  return 'binary';
+}
+
+function platformProblem(facts: GuestFacts): string | undefined {
+  if (facts.os !== 'Linux' && facts.os !== 'Darwin') return `unsupported guest OS ${JSON.stringify(facts.os)} (uname -s; Linux and Darwin are)`;
+  if (!['x86_64', 'amd64', 'aarch64', 'arm64'].includes(facts.arch)) return `unsupported architecture ${JSON.stringify(facts.arch)} (uname -m)`;
+  return undefined;
+}
+
+function nodeProblem(facts: GuestFacts): string | undefined {
+  if (!facts.node) return `the guest (${facts.os} ${facts.arch}) has no node in PATH, and the agent bundle is JavaScript for Node ${MIN_NODE_MAJOR} or newer`;
   const major = Number(facts.nodeVersion?.split('.')[0]);
-  if (!(major >= MIN_NODE_MAJOR)) cannot(`the guest's node is ${facts.nodeVersion ?? 'of unknown version'}; the agent needs Node ${MIN_NODE_MAJOR} or newer`);
-  if (facts.uid !== 0 && !facts.sudo) cannot(`the login (uid ${facts.uid}) is not root and cannot sudo without a password; the agent must run as root`);
+  if (!(major >= MIN_NODE_MAJOR)) return `the guest's node is ${facts.nodeVersion ?? 'of unknown version'}; the agent needs Node ${MIN_NODE_MAJOR} or newer`;
+  return undefined;
+}
+
+function rootProblem(facts: GuestFacts): string | undefined {
+  if (facts.uid !== 0 && !facts.sudo) return `the login (uid ${facts.uid}) is not root and cannot sudo without a password; the agent must run as root`;
+  return undefined;
+}
+
+function cannotInstall(whereText: string, why: string): Error {
+  return new Error(`${whereText}: cannot install the vmlet agent: ${why}`);
 }
 
 /**
@@ -145,9 +193,9 @@ export async function uploadFile(conn: SshConnection, local: string, remote: str
 }
 
 /** The shell script that starts the agent on Linux without systemd, in a session of its own. */
-export function linuxStartScript(p: { node: string; agentPath: string; args: string[]; logFile: string; pidFile: string }): string {
+export function linuxStartScript(p: AgentCommand & { logFile: string; pidFile: string }): string {
   const q = (s: string): string => shellQuote(s).toString();
-  const cmd = [p.node, p.agentPath, ...p.args].map(q).join(' ');
+  const cmd = agentArgv(p).map(q).join(' ');
   // setsid: a new session without a controlling terminal, so the end of the SSH session (SIGHUP to
   // its process group) does not reach the agent; stdio on files, so the SSH channel can close.
   return [
@@ -158,10 +206,21 @@ export function linuxStartScript(p: { node: string; agentPath: string; args: str
   ].join('\n');
 }
 
+/** How the agent is started: `node AGENT ARGS` for the bundle, `AGENT ARGS` for the binary (no node). */
+export interface AgentCommand {
+  node?: string;
+  agentPath: string;
+  args: string[];
+}
+
+function agentArgv(p: AgentCommand): string[] {
+  return [...(p.node ? [p.node] : []), p.agentPath, ...p.args];
+}
+
 /** A systemd unit for the agent (guests with systemd): restarted on failure, started at every boot. */
-export function systemdUnit(p: { node: string; agentPath: string; args: string[] }): string {
+export function systemdUnit(p: AgentCommand): string {
   // systemd's ExecStart takes C-style quoted words; paths and args here are vmlet's own.
-  const words = [p.node, p.agentPath, ...p.args].map((w) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(w) ? w : `"${w.replace(/(["\\])/g, '\\$1')}"`));
+  const words = agentArgv(p).map((w) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(w) ? w : `"${w.replace(/(["\\])/g, '\\$1')}"`));
   return [
     '[Unit]',
     'Description=vmlet guest agent',
@@ -182,9 +241,9 @@ export function systemdUnit(p: { node: string; agentPath: string; args: string[]
  * macOS: a LaunchDaemon plist (root, started at boot and kept alive by launchd). Not run on a real Mac
  * yet (none here); checked by unit tests only.
  */
-export function launchdPlist(p: { node: string; agentPath: string; args: string[]; logFile: string; label?: string }): string {
+export function launchdPlist(p: AgentCommand & { logFile: string; label?: string }): string {
   const x = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
-  const args = [p.node, p.agentPath, ...p.args].map((a) => `    <string>${x(a)}</string>`).join('\n');
+  const args = agentArgv(p).map((a) => `    <string>${x(a)}</string>`).join('\n');
   return `<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
 <plist version="1.0">
@@ -227,16 +286,27 @@ export function launchdCommands(p: { uploaded: string; label?: string; sudo: str
 
 /**
  * Installs and starts the agent over `conn`. The login must be root, or able to sudo without a
- * password; the guest must have Node 20+ for the JavaScript bundle. Throws one-line errors.
+ * password; the guest must have Node 20+ for the JavaScript bundle, or the caller must offer the
+ * self-contained binary (opts.agentBinary). Throws one-line errors.
  */
 export async function installAgentOverSsh(conn: SshConnection, opts: AgentInstallOptions): Promise<AgentInstallResult> {
   const log = opts.log ?? (() => {});
   const facts = await probeGuest(conn);
   log(`guest: ${facts.os} ${facts.arch}, node ${facts.node ?? 'missing'} ${facts.nodeVersion ?? ''}, uid ${facts.uid}`);
-  checkGuestForBundle(facts, where(conn));
+  const artifact = chooseArtifact(facts, { artifact: opts.artifact, bundle: !!opts.bundlePath, binary: !!opts.agentBinary }, where(conn));
+  let localPath = opts.bundlePath!;
+  if (artifact === 'binary') {
+    const target = seaTargetOfUname(facts.os, facts.arch)!; // chooseArtifact checked os and arch
+    const binary = await opts.agentBinary!(target);
+    if (!binary) {
+      const node = nodeProblem(facts);
+      throw cannotInstall(where(conn), `${node ? `${node}; ` : ''}no self-contained agent for ${targetName(target)} is available${node ? ' either' : ''}`);
+    }
+    localPath = binary;
+  }
   const sudo = facts.uid === 0 ? '' : 'sudo -n ';
   const dir = opts.remoteDir ?? '/usr/local/lib/vmlet';
-  const remotePath = `${dir}/vmlet-agent.cjs`;
+  const remotePath = `${dir}/${artifact === 'binary' ? 'vmlet-agent' : 'vmlet-agent.cjs'}`;
   const logFile = '/var/log/vmlet-agent.log';
   const args = opts.args ?? [];
   const q = (s: string): string => shellQuote(s).toString();
@@ -247,19 +317,22 @@ export async function installAgentOverSsh(conn: SshConnection, opts: AgentInstal
   };
 
   // Upload as the login user into a place it can write, then move into place as root.
-  const staging = sudo ? `/tmp/vmlet-agent-${process.pid}.cjs` : remotePath;
+  const staging = sudo ? `/tmp/vmlet-agent-${process.pid}${artifact === 'binary' ? '' : '.cjs'}` : remotePath;
   await step(`creating ${dir}`, `${sudo}mkdir -p ${q(dir)} && ${sudo}mkdir -p /var/log`);
-  const upload = await uploadFile(conn, opts.bundlePath, staging, { via: opts.upload ?? 'auto' });
+  const upload = await uploadFile(conn, localPath, staging, { via: opts.upload ?? 'auto' });
   if (sudo) await step(`moving the agent into ${dir}`, `${sudo}install -m 755 ${q(staging)} ${q(remotePath)} && rm -f ${q(staging)}`);
-  log(`uploaded ${opts.bundlePath} to ${remotePath} (${upload})`);
-  const node = facts.node!;
+  log(`uploaded ${localPath} to ${remotePath} (${upload})`);
+  if (artifact === 'binary' && facts.os === 'Darwin') {
+    await step(`ad-hoc signing the agent (${SIGN_COMMAND}; postject dropped Node's signature)`, `${sudo}${SIGN_COMMAND} ${q(remotePath)}`);
+  }
+  const node = artifact === 'bundle' ? facts.node! : undefined;
 
   if (facts.os === 'Darwin') {
     const plist = launchdPlist({ node, agentPath: remotePath, args, logFile });
     const tmp = `/tmp/${LAUNCHD_LABEL}.plist`;
     await conn.runScript(`cat > ${q(tmp)}`, plist);
     await step('starting the agent with launchd', launchdCommands({ uploaded: tmp, sudo }).join(' && '));
-    return { facts, remotePath, upload, start: 'launchd', logFile };
+    return { facts, artifact, remotePath, upload, start: 'launchd', logFile };
   }
   if (facts.systemd) {
     const unit = systemdUnit({ node, agentPath: remotePath, args });
@@ -271,14 +344,14 @@ export async function installAgentOverSsh(conn: SshConnection, opts: AgentInstal
       `${sudo}systemctl enable ${SYSTEMD_UNIT}`,
       `${sudo}systemctl restart ${SYSTEMD_UNIT}`,
     ].join(' && '));
-    return { facts, remotePath, upload, start: 'systemd', logFile };
+    return { facts, artifact, remotePath, upload, start: 'systemd', logFile };
   }
   if (!facts.setsid) throw new Error(`${where(conn)}: cannot start the vmlet agent: the guest has neither systemd nor setsid`);
   const script = linuxStartScript({ node, agentPath: remotePath, args, logFile, pidFile: '/run/vmlet-agent.pid' });
   const out = await step('starting the agent', sudo ? `${sudo}sh -c ${q(script)}` : script);
   const pid = Number(/^pid=(\d+)$/m.exec(out)?.[1]);
   log(`started the agent with setsid (pid ${pid}); its log is ${logFile}`);
-  return { facts, remotePath, upload, start: 'setsid', ...(pid ? { pid } : {}), logFile };
+  return { facts, artifact, remotePath, upload, start: 'setsid', ...(pid ? { pid } : {}), logFile };
 }
 
 function where(conn: SshConnection): string {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import {
-  checkGuestForBundle, launchdCommands, launchdPlist, linuxStartScript, systemdUnit, type GuestFacts,
+  checkGuestForBundle, chooseArtifact, launchdCommands, launchdPlist, linuxStartScript, systemdUnit, type GuestFacts,
 } from '../../../src/agent/ssh/install.ts';
 
 const linux: GuestFacts = { os: 'Linux', arch: 'x86_64', node: '/usr/bin/node', nodeVersion: '20.20.2', uid: 0, sudo: false, setsid: true, systemd: false };
@@ -27,6 +27,29 @@ test('a guest that cannot run the JavaScript bundle is refused with the reason',
     [{ uid: 1000, sudo: false }, /the login \(uid 1000\) is not root and cannot sudo without a password; the agent must run as root$/],
   ];
   for (const [change, want] of cases) assert.throws(() => checkGuestForBundle({ ...linux, ...change }, where), want);
+});
+
+test('auto picks the bundle for a guest with Node 20+, else the self-contained binary when one is offered', () => {
+  const both = { bundle: true, binary: true };
+  assert.equal(chooseArtifact(linux, both, where), 'bundle');
+  assert.equal(chooseArtifact({ ...linux, node: null, nodeVersion: null }, both, where), 'binary');
+  assert.equal(chooseArtifact({ ...linux, nodeVersion: '18.19.0' }, both, where), 'binary');
+  assert.equal(chooseArtifact(linux, { bundle: false, binary: true }, where), 'binary');
+  assert.equal(chooseArtifact(linux, { ...both, artifact: 'binary' }, where), 'binary');
+  // Without a binary on offer, a guest without node is refused as before.
+  assert.throws(() => chooseArtifact({ ...linux, node: null }, { bundle: true, binary: false }, where), /has no node in PATH, and the agent bundle is JavaScript for Node 20 or newer$/);
+  assert.throws(() => chooseArtifact({ ...linux, node: null }, { ...both, artifact: 'bundle' }, where), /has no node in PATH/);
+  assert.throws(() => chooseArtifact(linux, { bundle: true, binary: false, artifact: 'binary' }, where), /^Error: ssh to 127\.0\.0\.1:2222 as admin: cannot install the vmlet agent: no self-contained agent binary was given$/);
+  // Root (or sudo) and a known platform are needed whatever is installed.
+  assert.throws(() => chooseArtifact({ ...linux, node: null, uid: 501 }, both, where), /the login \(uid 501\) is not root/);
+  assert.throws(() => chooseArtifact({ ...linux, arch: 'riscv64' }, both, where), /unsupported architecture "riscv64"/);
+});
+
+test('the self-contained binary is started without node', () => {
+  const p = { agentPath: '/usr/local/lib/vmlet/vmlet-agent', args: ['--port', 'org.vmlet.agent.0'] };
+  assert.match(systemdUnit(p), /^ExecStart=\/usr\/local\/lib\/vmlet\/vmlet-agent --port org\.vmlet\.agent\.0$/m);
+  assert.match(linuxStartScript({ ...p, logFile: '/var/log/a', pidFile: '/run/a.pid' }), /^setsid \/usr\/local\/lib\/vmlet\/vmlet-agent '--port' org\.vmlet\.agent\.0 <\/dev\/null/m);
+  assert.match(launchdPlist({ ...p, logFile: '/var/log/a' }), /<array>\n {4}<string>\/usr\/local\/lib\/vmlet\/vmlet-agent<\/string>\n {4}<string>--port<\/string>/);
 });
 
 test('the Linux start script detaches the agent into its own session, and replaces a running one', { skip: !existsSync('/usr/bin/setsid') && 'no setsid' }, async () => {
