@@ -5,6 +5,7 @@ import { ConfigError, SETTINGS, loadConfig } from '../config/load.ts';
 import { Daemon, StartupError } from '../daemon.ts';
 import { KubeconfigError } from '../kube/errors.ts';
 import { createLogger } from '../observability/log.ts';
+import { addAgentCommands } from './agent.ts';
 import { addImageCommands } from './image.ts';
 import { addVmCommands } from './vm.ts';
 import { KUBELET_VERSION, VMLET_VERSION } from '../version.ts';
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
 
   addImageCommands(program);
   addVmCommands(program);
+  addAgentCommands(program);
 
   program
     .command('version')
