@@ -7,6 +7,7 @@ import path from 'node:path';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { PortForward, ShareSpec } from '../drivers/hypervisor.ts';
 import { QemuDriver } from '../drivers/qemu/index.ts';
+import { loadSshCredentials } from '../agent/ssh/credentials.ts';
 import { pullImage } from '../images/pull.ts';
 import type { StoredImage } from '../images/store/image-store.ts';
 import { VmInstance } from '../runtime/vm-instance.ts';
@@ -30,6 +31,10 @@ interface RunFlags extends CommonFlags {
   stopTimeout: string;
   vmDir?: string;
   verbose?: boolean;
+  append?: string;
+  sshUser?: string;
+  sshPassword?: string;
+  sshKey?: string;
 }
 
 /** Exit code of `vm run` itself failing (not the command's): 125, as `docker run` uses. */
@@ -53,6 +58,10 @@ export function addVmCommands(program: Command): void {
     .option('--pull <policy>', 'missing (pull when not in the store), always, or never', 'missing')
     .option('--boot-timeout <seconds>', 'from power-on to an answering agent', '120')
     .option('--stop-timeout <seconds>', 'for the guest to shut down before it is killed', '30')
+    .option('--append <args>', 'added to the kernel command line (images booted by direct kernel boot)')
+    .option('--ssh-user <name>', 'for images without vmlet-agent: log in over SSH and install the agent')
+    .option('--ssh-password <password>', 'password for --ssh-user (or VMLET_SSH_PASSWORD)')
+    .option('--ssh-key <file>', 'private key for --ssh-user')
     .option('--vm-dir <dir>', 'where the VM\'s working directory goes (default: <store>/vms)')
     .option('--verbose', 'say what happens, on stderr')
     .action(async (ref: string, command: string[], flags: RunFlags) => {
@@ -88,6 +97,14 @@ async function runVm(ref: string, argv: string[], flags: RunFlags): Promise<numb
   const bootTimeoutMs = wholeNumber('--boot-timeout', flags.bootTimeout) * 1000;
   const stopTimeoutMs = wholeNumber('--stop-timeout', flags.stopTimeout) * 1000;
 
+  const sshPassword = flags.sshPassword ?? process.env.VMLET_SSH_PASSWORD;
+  if ((sshPassword || flags.sshKey) && !flags.sshUser) throw new ConfigError('--ssh-password and --ssh-key need --ssh-user');
+  const ssh = flags.sshUser
+    ? { credentials: await loadSshCredentials({ username: flags.sshUser, ...(sshPassword ? { password: sshPassword } : {}), ...(flags.sshKey ? { privateKeyFile: flags.sshKey } : {}) }).catch((err: Error) => {
+      throw new ConfigError(err.message);
+    }) }
+    : undefined;
+
   const { store, registry } = await open(flags);
   let image: StoredImage | undefined;
   try {
@@ -117,6 +134,8 @@ async function runVm(ref: string, argv: string[], flags: RunFlags): Promise<numb
     network: { mode: 'user', forwards },
     shares,
     bootTimeoutMs,
+    ...(flags.append ? { extraCmdline: flags.append } : {}),
+    ...(ssh ? { ssh } : {}),
     onPhase: (phase, ms) => say(`${phase} after ${(ms / 1000).toFixed(1)} s`),
   });
   // From here on the VM exists: whatever happens, it is stopped and removed before vmlet exits.

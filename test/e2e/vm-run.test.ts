@@ -105,3 +105,19 @@ test('vm run refuses bad flags in one line before booting anything', async () =>
   assert.equal(none.code, 2);
   assert.match(none.stderr, /needs a command/);
 });
+
+test('an image whose guest runs SSH but no agent gets the agent installed over SSH, and the command runs through it', async () => {
+  const store = path.join(dir, 'store');
+  // The test guest without its agent and with dropbear: what a stock image with Remote Login looks like.
+  const r = await vmlet(store, ['vm', 'run', '--verbose', '--append=vmlet.agent=off vmlet.ssh=on', '--ssh-user=root', '--ssh-password=root', image, '--',
+    'sh', '-c', 'echo "agent pid $PPID: $(cat /proc/$PPID/cmdline | tr "\\0" " ")"; exit 4']);
+  assert.equal(r.code, 4, r.stderr);
+  assert.match(r.stdout, /^agent pid \d+: \S*node \/usr\/local\/lib\/vmlet\/vmlet-agent\.cjs/, 'the installed agent ran the command');
+  assert.match(r.stderr, /installed after [\d.]+ s/);
+  assert.deepEqual(await qemusUnder(store), []);
+
+  const wrong = await vmlet(store, ['vm', 'run', '--boot-timeout=60', '--append=vmlet.agent=off vmlet.ssh=on', '--ssh-user=root', '--ssh-password=nope', image, '--', 'true']);
+  assert.equal(wrong.code, 125);
+  assert.match(wrong.stderr, /agent did not answer, and it could not be installed over SSH: .*authentication failed/);
+  assert.deepEqual(await qemusUnder(store), []);
+});
