@@ -14,6 +14,7 @@ import path from 'node:path';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureAgentBundle } from '../agent/bundle.ts';
+import { ensureAgentBinary } from '../agent/sea.ts';
 import { AgentClient, AgentError } from '../agent/host/client.ts';
 import { waitForSsh } from '../agent/ssh/client.ts';
 import type { SshCredentials } from '../agent/ssh/credentials.ts';
@@ -178,7 +179,8 @@ async function installWhenMissing(vm: Vm, ssh: SshFallback, port: number, deadli
     const graceEnds = Date.now() + (ssh.agentGraceMs ?? 10_000);
     while (!state.ready && Date.now() < graceEnds && vm.state() !== 'exited') await sleep(200);
     if (state.ready || vm.state() === 'exited') return;
-    await installAgentOverSsh(conn, { bundlePath: await ensureAgentBundle() });
+    // The bundle where the guest has Node 20+, else the self-contained binary for its platform.
+    await installAgentOverSsh(conn, { bundlePath: await ensureAgentBundle(), agentBinary: (target) => ensureAgentBinary(target) });
   } finally {
     conn.close();
   }
