@@ -1,0 +1,214 @@
+// What vmlet cannot run, found before anything is pulled or booted. Pure: the pod and the node's settings
+// in, a PodSpecError out (every problem at once, so a user fixes a spec in one round, not one per Event).
+//
+// Which checks can ever fire: the API server validates a pod on create, so through it some specs never
+// reach vmlet (marked "API server rejects" below). They are still checked, because static pods from
+// --pod-manifest-path (standalone mode) reach vmlet without any API server. Checks marked "API server
+// allows" are the ones a user of a cluster will actually meet.
+import path from 'node:path';
+import type { V1Container, V1Pod, V1Probe, V1Volume } from '@kubernetes/client-node';
+import { parseQuantity } from '../../kube/quantity.ts';
+import { PodSpecError } from './errors.ts';
+
+export interface CheckOptions {
+  /** Host directories a hostPath volume may name (itself or below); empty: no hostPath at all. */
+  hostPathPrefixes: string[];
+  /** RuntimeClass names vmlet answers to; when given, any other runtimeClassName is refused. */
+  runtimeClasses?: string[];
+}
+
+/** Kubernetes' env var name rule (validation.IsEnvVarName before RelaxedEnvironmentVariableValidation). */
+export const ENV_NAME = /^[-._a-zA-Z][-._a-zA-Z0-9]*$/;
+
+interface Problem {
+  reason: string;
+  message: string;
+}
+
+const SUPPORTED_VOLUMES = ['configMap', 'secret', 'downwardAPI', 'projected', 'emptyDir', 'hostPath'] as const;
+const SUPPORTED_PROJECTIONS = ['configMap', 'secret', 'downwardAPI', 'serviceAccountToken'] as const;
+const VOLUME_HINT = 'VM pods support configMap, secret, downwardAPI, projected, emptyDir and hostPath (under the node\'s allowed prefixes)';
+
+/** Throws a PodSpecError naming every field vmlet cannot run; returns when the pod can become a VM. */
+export function checkPod(pod: V1Pod, opts: CheckOptions): void {
+  const problems: Problem[] = [];
+  const add = (reason: string, message: string) => problems.push({ reason, message });
+  const spec = pod.spec;
+  if (!spec) throw new PodSpecError('InvalidPodSpec', 'spec: the pod has no spec');
+
+  const containers = spec.containers ?? [];
+  // API server rejects; a static pod may not.
+  if (containers.length === 0) add('InvalidPodSpec', 'spec.containers: a pod needs one container, the VM container; none is given');
+  // API server allows: until the hybrid-pods issue, the VM is the pod's only container.
+  containers.slice(1).forEach((c, i) => {
+    add('UnsupportedPodSpec', `${where('containers', i + 1, c)}: only one container per pod is supported until hybrid pods land; the first container ("${containers[0]?.name}") is the VM — move "${c.name}" into the VM image or into another pod`);
+  });
+
+  // API server allows all three (Pod Security may refuse them).
+  for (const field of ['hostNetwork', 'hostPID', 'hostIPC'] as const) {
+    if (spec[field]) add('UnsupportedPodSpec', `spec.${field}: true is not supported: a VM pod runs in its own guest kernel and cannot share the host's ${field.slice(4) === 'Network' ? 'network' : field.slice(4)} namespace; remove spec.${field}`);
+  }
+  // API server rejects them on create; they arrive later through the ephemeralcontainers subresource.
+  (spec.ephemeralContainers ?? []).forEach((c, i) => {
+    add('UnsupportedPodSpec', `spec.ephemeralContainers[${i}] (${c.name}): ephemeral containers (kubectl debug) are not supported in VM pods; use kubectl exec into the VM instead`);
+  });
+  // API server allows when the RuntimeClass object exists (the RuntimeClass admission plugin checks that).
+  if (spec.runtimeClassName && opts.runtimeClasses && !opts.runtimeClasses.includes(spec.runtimeClassName)) {
+    add('UnsupportedPodSpec', `spec.runtimeClassName: "${spec.runtimeClassName}" is not a runtime class of this node (${opts.runtimeClasses.length ? `known: ${opts.runtimeClasses.join(', ')}` : 'it has none'})`);
+  }
+  if (spec.os?.name && spec.os.name !== 'linux') {
+    add('UnsupportedPodSpec', `spec.os.name: "${spec.os.name}" is not supported; VM pods declare linux (or leave spec.os out)`);
+  }
+  if (spec.resourceClaims?.length) add('UnsupportedPodSpec', 'spec.resourceClaims: dynamic resource allocation is not supported in VM pods; remove the claims');
+
+  const volumes = new Map<string, V1Volume>();
+  (spec.volumes ?? []).forEach((v, i) => {
+    const at = `spec.volumes[${i}] (${v.name})`;
+    // API server rejects duplicates.
+    if (volumes.has(v.name)) add('InvalidPodSpec', `${at}: the volume name "${v.name}" is used twice`);
+    volumes.set(v.name, v);
+    checkVolume(v, at, opts, add);
+  });
+
+  containers.forEach((c, i) => checkContainer(c, where('containers', i, c), volumes, add));
+  (spec.initContainers ?? []).forEach((c, i) => {
+    const at = where('initContainers', i, c);
+    // API server allows (SidecarContainers, on by default since 1.29).
+    if (c.restartPolicy === 'Always') {
+      add('UnsupportedPodSpec', `${at}: restartPolicy Always makes "${c.name}" a sidecar container, which VM pods do not support yet; drop restartPolicy to run it to completion before the main process`);
+    }
+    checkContainer(c, at, volumes, add);
+  });
+
+  if (problems.length === 0) return;
+  const first = problems[0]!;
+  const messages = problems.map((p) => p.message);
+  throw new PodSpecError(first.reason, messages.length === 1 ? first.message : `${messages.length} problems: ${messages.join('; ')}`, messages);
+}
+
+function where(list: 'containers' | 'initContainers', i: number, c: V1Container): string {
+  return `spec.${list}[${i}] (${c.name})`;
+}
+
+type Add = (reason: string, message: string) => void;
+
+function checkVolume(v: V1Volume, at: string, opts: CheckOptions, add: Add): void {
+  // A volume with no source is an emptyDir (the API server's defaulting; static pods are defaulted too).
+  const sources = Object.keys(v).filter((k) => k !== 'name' && (v as unknown as Record<string, unknown>)[k] != null);
+  // API server allows every one of these (they need a storage driver vmlet does not have).
+  const unsupported = sources.filter((s) => !(SUPPORTED_VOLUMES as readonly string[]).includes(s));
+  for (const s of unsupported) {
+    const hint = s === 'persistentVolumeClaim' || s === 'ephemeral' || s === 'csi' ? 'persistent and CSI volumes need a storage driver on the node, which vmlet does not have yet' : `${s} volumes are not supported`;
+    add('UnsupportedPodSpec', `${at}: ${hint}; ${VOLUME_HINT}`);
+  }
+  if (v.hostPath) {
+    const p = v.hostPath.path;
+    const allowed = path.isAbsolute(p) && opts.hostPathPrefixes.some((prefix) => under(path.normalize(p), path.normalize(prefix)));
+    if (!allowed) {
+      add('UnsupportedPodSpec', `${at}: hostPath "${p}" is outside the host directories this node shares (${opts.hostPathPrefixes.length ? opts.hostPathPrefixes.join(', ') : 'none are configured'})`);
+    }
+  }
+  if (v.emptyDir?.medium && v.emptyDir.medium !== 'Memory') {
+    add('UnsupportedPodSpec', `${at}: emptyDir medium "${v.emptyDir.medium}" is not supported; use "" (disk) or "Memory"`);
+  }
+  (v.projected?.sources ?? []).forEach((src, j) => {
+    for (const k of Object.keys(src).filter((key) => (src as Record<string, unknown>)[key] != null)) {
+      if (!(SUPPORTED_PROJECTIONS as readonly string[]).includes(k)) {
+        add('UnsupportedPodSpec', `${at}.projected.sources[${j}]: ${k} is not supported; projected volumes may hold configMap, secret, downwardAPI and serviceAccountToken`);
+      }
+    }
+  });
+}
+
+function under(p: string, prefix: string): boolean {
+  const rel = path.relative(prefix, p);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volume>, add: Add): void {
+  // API server rejects an empty image on a pod (not on a pod template); a static pod may have none.
+  if (!c.image?.trim()) add('InvalidPodSpec', `${at}.image: no image is given; name the VM image, e.g. ghcr.io/cirruslabs/ubuntu:latest`);
+  else if (c.image !== c.image.trim()) add('InvalidPodSpec', `${at}.image: "${c.image}" has leading or trailing spaces`);
+
+  // API server allows.
+  (c.ports ?? []).forEach((p, i) => {
+    if (p.hostPort) add('UnsupportedPodSpec', `${at}.ports[${i}].hostPort: ${p.hostPort} is not supported: the VM's ports are not published on the host; remove hostPort and reach the pod through its IP or a Service`);
+  });
+  if (c.securityContext?.privileged) {
+    add('UnsupportedPodSpec', `${at}.securityContext.privileged: true is not supported: the VM has its own kernel and no access to the host's devices; remove privileged (root in the guest needs no privilege on the host)`);
+  }
+  // API server allows a relative workingDir.
+  if (c.workingDir && !c.workingDir.startsWith('/')) add('InvalidPodSpec', `${at}.workingDir: "${c.workingDir}" is not an absolute path; write it from / (e.g. /${c.workingDir})`);
+  if (c.volumeDevices?.length) add('UnsupportedPodSpec', `${at}.volumeDevices: raw block devices are not supported in VM pods`);
+
+  const mountPaths = new Set<string>();
+  (c.volumeMounts ?? []).forEach((m, i) => {
+    const mat = `${at}.volumeMounts[${i}]`;
+    // API server rejects an unknown volume, a duplicate mountPath and ".." in subPath; allows a relative mountPath.
+    if (!volumes.has(m.name)) add('InvalidPodSpec', `${mat}.name: no volume named "${m.name}" in spec.volumes${volumes.size ? ` (there are: ${[...volumes.keys()].join(', ')})` : ''}`);
+    if (!m.mountPath?.startsWith('/')) add('InvalidPodSpec', `${mat}.mountPath: "${m.mountPath ?? ''}" is not an absolute path; the guest mounts volumes at absolute paths`);
+    else {
+      const normal = path.posix.normalize(m.mountPath).replace(/(.)\/$/, '$1');
+      if (mountPaths.has(normal)) add('InvalidPodSpec', `${mat}.mountPath: "${m.mountPath}" is already mounted by another volumeMount of this container`);
+      mountPaths.add(normal);
+    }
+    if (m.subPath && (m.subPath.startsWith('/') || m.subPath.split('/').includes('..'))) {
+      add('InvalidPodSpec', `${mat}.subPath: "${m.subPath}" must be a relative path inside the volume, without ".."`);
+    }
+  });
+
+  // API server rejects a probe or hook with no handler, or with two.
+  for (const kind of ['livenessProbe', 'readinessProbe', 'startupProbe'] as const) {
+    const probe = c[kind];
+    if (probe) checkHandler(probe, `${at}.${kind}`, ['exec', 'httpGet', 'tcpSocket', 'grpc'], add);
+  }
+  for (const kind of ['postStart', 'preStop'] as const) {
+    const hook = c.lifecycle?.[kind];
+    if (hook) checkHandler(hook, `${at}.lifecycle.${kind}`, ['exec', 'httpGet', 'tcpSocket', 'sleep'], add);
+  }
+
+  // API server rejects these names unless RelaxedEnvironmentVariableValidation is on (beta, default on, in
+  // 1.32; GA in 1.34): newer clusters let any printable name but "=" through, and then they reach vmlet.
+  (c.env ?? []).forEach((e, i) => {
+    if (!ENV_NAME.test(e.name)) add('InvalidPodSpec', `${at}.env[${i}].name: "${e.name}" is not a valid environment variable name (letters, digits, "_", "-", "." and not starting with a digit)`);
+  });
+  (c.envFrom ?? []).forEach((e, i) => {
+    if (e.prefix && !ENV_NAME.test(e.prefix)) add('InvalidPodSpec', `${at}.envFrom[${i}].prefix: "${e.prefix}" is not a valid start of an environment variable name (letters, digits, "_", "-", "." and not starting with a digit)`);
+  });
+
+  checkResources(c, at, add);
+}
+
+function checkHandler(handler: object, at: string, kinds: string[], add: Add): void {
+  const set = kinds.filter((k) => (handler as Record<string, unknown>)[k] != null);
+  if (set.length === 0) add('InvalidPodSpec', `${at}: no handler is given; set one of ${kinds.join(', ')}`);
+  else if (set.length > 1) add('InvalidPodSpec', `${at}: only one handler may be given, found ${set.join(' and ')}`);
+  void (handler as V1Probe);
+}
+
+function checkResources(c: V1Container, at: string, add: Add): void {
+  const parsed: Record<string, number | undefined> = {};
+  for (const kind of ['limits', 'requests'] as const) {
+    for (const res of ['cpu', 'memory'] as const) {
+      const text = c.resources?.[kind]?.[res];
+      if (text === undefined) continue;
+      try {
+        parsed[`${kind}.${res}`] = parseQuantity(String(text));
+      } catch {
+        // API server rejects.
+        add('InvalidPodSpec', `${at}.resources.${kind}.${res}: "${String(text)}" is not a quantity (examples: 500m, 2, 512Mi, 4Gi)`);
+      }
+    }
+  }
+  // API server allows a zero limit (the request then defaults to zero too).
+  if (parsed['limits.cpu'] !== undefined && parsed['limits.cpu'] <= 0) add('InvalidVmSize', `${at}.resources.limits.cpu: ${String(c.resources?.limits?.cpu)} leaves the VM no CPU; a VM needs at least 1 (any value up to 1000m gives 1 vCPU)`);
+  if (parsed['limits.memory'] !== undefined && parsed['limits.memory'] <= 0) add('InvalidVmSize', `${at}.resources.limits.memory: ${String(c.resources?.limits?.memory)} leaves the VM no memory; give it e.g. 1Gi`);
+  // API server rejects a request above its limit.
+  for (const res of ['cpu', 'memory'] as const) {
+    const limit = parsed[`limits.${res}`];
+    const request = parsed[`requests.${res}`];
+    if (limit !== undefined && request !== undefined && limit > 0 && request > limit) {
+      add('InvalidVmSize', `${at}.resources.requests.${res}: ${String(c.resources?.requests?.[res])} is above the limit ${String(c.resources?.limits?.[res])}; a request may not exceed its limit`);
+    }
+  }
+}
