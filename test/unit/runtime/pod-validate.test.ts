@@ -1,0 +1,141 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { V1Container, V1Pod, V1PodSpec } from '@kubernetes/client-node';
+import { PodSpecError } from '../../../src/runtime/pod/errors.ts';
+import { checkPod } from '../../../src/runtime/pod/validate.ts';
+
+const opts = { hostPathPrefixes: ['/srv/shared', '/var/lib/vmlet/host'] };
+const vm: V1Container = { name: 'vm', image: 'ghcr.io/cirruslabs/ubuntu:latest' };
+
+function pod(spec: Partial<V1PodSpec> = {}, container: Partial<V1Container> = {}): V1Pod {
+  return { metadata: { name: 'web', namespace: 'default', uid: 'u1' }, spec: { containers: [{ ...vm, ...container }], ...spec } };
+}
+
+function verdict(p: V1Pod, o: Parameters<typeof checkPod>[1] = opts): string {
+  try {
+    checkPod(p, o);
+    return 'accepted';
+  } catch (err) {
+    assert.ok(err instanceof PodSpecError, String(err));
+    return `${err.reason}: ${err.message}`;
+  }
+}
+
+test('a plain one-container pod, with the things a VM pod may use, is accepted', () => {
+  const p = pod(
+    {
+      initContainers: [{ name: 'setup', image: 'ghcr.io/x/vm:1', command: ['sh', '-c', 'true'] }],
+      volumes: [
+        { name: 'cfg', configMap: { name: 'cfg' } },
+        { name: 'sec', secret: { secretName: 's' } },
+        { name: 'info', downwardAPI: { items: [{ path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } }] } },
+        { name: 'proj', projected: { sources: [{ serviceAccountToken: { path: 'token' } }, { configMap: { name: 'c' } }] } },
+        { name: 'scratch', emptyDir: { medium: 'Memory', sizeLimit: '1Gi' } },
+        { name: 'defaulted' },
+        { name: 'data', hostPath: { path: '/srv/shared/data' } },
+        { name: 'root', hostPath: { path: '/var/lib/vmlet/host' } },
+      ],
+      runtimeClassName: 'vmlet',
+    },
+    {
+      stdin: true,
+      tty: true,
+      command: [],
+      workingDir: '/app',
+      env: [{ name: 'A_B.c-d', value: 'x' }, { name: '_X', value: 'y' }],
+      envFrom: [{ prefix: 'CFG_', configMapRef: { name: 'cfg' } }],
+      ports: [{ containerPort: 80 }],
+      volumeMounts: [
+        { name: 'cfg', mountPath: '/etc/cfg', readOnly: true },
+        { name: 'data', mountPath: '/data', subPath: 'a/b' },
+      ],
+      readinessProbe: { httpGet: { path: '/', port: 80 } },
+      livenessProbe: { tcpSocket: { port: 80 } },
+      lifecycle: { preStop: { sleep: { seconds: 2 } } },
+      resources: { limits: { cpu: '1500m', memory: '2Gi' }, requests: { cpu: '500m', memory: '1Gi' } },
+    },
+  );
+  assert.equal(verdict(p, { ...opts, runtimeClasses: ['vmlet'] }), 'accepted');
+});
+
+// Each spec as a new user would write it, the reason it must get and the words its message must hold.
+const cases: Array<[string, V1Pod, RegExp]> = [
+  ['a pod with no containers', pod({ containers: [] }), /^InvalidPodSpec: spec\.containers: a pod needs one container/],
+  [
+    'a second container (a sidecar) until hybrid pods land',
+    pod({ containers: [vm, { name: 'sidecar', image: 'nginx' }] }),
+    /^UnsupportedPodSpec: spec\.containers\[1\] \(sidecar\): only one container per pod is supported until hybrid pods land; the first container \("vm"\) is the VM/,
+  ],
+  ['an empty image', pod({}, { image: '' }), /^InvalidPodSpec: spec\.containers\[0\] \(vm\)\.image: no image is given/],
+  ['an image with a trailing space', pod({}, { image: 'ghcr.io/x/vm:1 ' }), /^InvalidPodSpec: .*\.image: "ghcr\.io\/x\/vm:1 " has leading or trailing spaces/],
+  ['hostNetwork: true', pod({ hostNetwork: true }), /^UnsupportedPodSpec: spec\.hostNetwork: true is not supported: .*network namespace; remove spec\.hostNetwork/],
+  ['hostPID: true', pod({ hostPID: true }), /^UnsupportedPodSpec: spec\.hostPID: true .*PID namespace/],
+  ['hostIPC: true', pod({ hostIPC: true }), /^UnsupportedPodSpec: spec\.hostIPC: true .*IPC namespace/],
+  ['an ephemeral (kubectl debug) container', pod({ ephemeralContainers: [{ name: 'debugger', image: 'busybox' }] }), /^UnsupportedPodSpec: spec\.ephemeralContainers\[0\] \(debugger\): .*use kubectl exec/],
+  ['a hostPort', pod({}, { ports: [{ containerPort: 80, hostPort: 8080 }] }), /^UnsupportedPodSpec: spec\.containers\[0\] \(vm\)\.ports\[0\]\.hostPort: 8080 is not supported/],
+  ['privileged: true', pod({}, { securityContext: { privileged: true } }), /^UnsupportedPodSpec: .*\.securityContext\.privileged: true is not supported/],
+  ['a persistentVolumeClaim volume', pod({ volumes: [{ name: 'db', persistentVolumeClaim: { claimName: 'db' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(db\): persistent and CSI volumes need a storage driver.*VM pods support configMap, secret/],
+  ['an nfs volume', pod({ volumes: [{ name: 'share', nfs: { server: 'nas', path: '/x' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(share\): nfs volumes are not supported; VM pods support/],
+  ['a csi volume', pod({ volumes: [{ name: 'c', csi: { driver: 'x.csi.io' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(c\): persistent and CSI volumes/],
+  ['a projected clusterTrustBundle', pod({ volumes: [{ name: 'p', projected: { sources: [{ clusterTrustBundle: { path: 'ca.pem', name: 'b' } }] } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(p\)\.projected\.sources\[0\]: clusterTrustBundle is not supported/],
+  ['an emptyDir of huge pages', pod({ volumes: [{ name: 'h', emptyDir: { medium: 'HugePages' } }] }), /^UnsupportedPodSpec: .*emptyDir medium "HugePages" is not supported/],
+  ['a hostPath outside the allowed prefixes', pod({ volumes: [{ name: 'etc', hostPath: { path: '/etc' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(etc\): hostPath "\/etc" is outside the host directories this node shares \(\/srv\/shared, \/var\/lib\/vmlet\/host\)/],
+  ['a hostPath that climbs out of a prefix', pod({ volumes: [{ name: 'up', hostPath: { path: '/srv/shared/../../etc' } }] }), /^UnsupportedPodSpec: .*hostPath "\/srv\/shared\/\.\.\/\.\.\/etc" is outside/],
+  ['a hostPath that only shares a name prefix', pod({ volumes: [{ name: 'sib', hostPath: { path: '/srv/shared-other' } }] }), /^UnsupportedPodSpec: .*hostPath "\/srv\/shared-other" is outside/],
+  ['two volumes with one name', pod({ volumes: [{ name: 'a', emptyDir: {} }, { name: 'a', emptyDir: {} }] }), /^InvalidPodSpec: spec\.volumes\[1\] \(a\): the volume name "a" is used twice/],
+  ['a volumeMount naming an unknown volume', pod({ volumes: [{ name: 'cfg', configMap: { name: 'c' } }] }, { volumeMounts: [{ name: 'config', mountPath: '/etc/cfg' }] }), /^InvalidPodSpec: .*\.volumeMounts\[0\]\.name: no volume named "config" in spec\.volumes \(there are: cfg\)/],
+  ['a relative mountPath', pod({ volumes: [{ name: 'v', emptyDir: {} }] }, { volumeMounts: [{ name: 'v', mountPath: 'data' }] }), /^InvalidPodSpec: .*\.volumeMounts\[0\]\.mountPath: "data" is not an absolute path/],
+  ['two mounts at one path', pod({ volumes: [{ name: 'a', emptyDir: {} }, { name: 'b', emptyDir: {} }] }, { volumeMounts: [{ name: 'a', mountPath: '/data' }, { name: 'b', mountPath: '/data/' }] }), /^InvalidPodSpec: .*\.volumeMounts\[1\]\.mountPath: "\/data\/" is already mounted/],
+  ['a subPath with ..', pod({ volumes: [{ name: 'v', emptyDir: {} }] }, { volumeMounts: [{ name: 'v', mountPath: '/d', subPath: 'a/../../etc' }] }), /^InvalidPodSpec: .*\.volumeMounts\[0\]\.subPath: "a\/\.\.\/\.\.\/etc" must be a relative path inside the volume/],
+  ['a readinessProbe with only timings', pod({}, { readinessProbe: { periodSeconds: 5 } }), /^InvalidPodSpec: spec\.containers\[0\] \(vm\)\.readinessProbe: no handler is given; set one of exec, httpGet, tcpSocket, grpc/],
+  ['a livenessProbe with two handlers', pod({}, { livenessProbe: { exec: { command: ['true'] }, tcpSocket: { port: 22 } } }), /^InvalidPodSpec: .*\.livenessProbe: only one handler may be given, found exec and tcpSocket/],
+  ['a preStop hook with no handler', pod({}, { lifecycle: { preStop: {} } }), /^InvalidPodSpec: .*\.lifecycle\.preStop: no handler/],
+  ['a sidecar init container (restartPolicy Always)', pod({ initContainers: [{ name: 'proxy', image: 'envoy', restartPolicy: 'Always' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(proxy\): restartPolicy Always makes "proxy" a sidecar container/],
+  ['an init container with no image', pod({ initContainers: [{ name: 'setup', image: '' }] }), /^InvalidPodSpec: spec\.initContainers\[0\] \(setup\)\.image: no image/],
+  ['a cpu limit of 0', pod({}, { resources: { limits: { cpu: '0' } } }), /^InvalidVmSize: .*\.resources\.limits\.cpu: 0 leaves the VM no CPU/],
+  ['a memory limit of 0', pod({}, { resources: { limits: { memory: '0' } } }), /^InvalidVmSize: .*\.resources\.limits\.memory: 0 leaves the VM no memory/],
+  ['a memory request above its limit', pod({}, { resources: { limits: { memory: '1Gi' }, requests: { memory: '2Gi' } } }), /^InvalidVmSize: .*\.resources\.requests\.memory: 2Gi is above the limit 1Gi/],
+  ['a cpu request above its limit', pod({}, { resources: { limits: { cpu: '1' }, requests: { cpu: '1500m' } } }), /^InvalidVmSize: .*\.resources\.requests\.cpu: 1500m is above the limit 1/],
+  ['a quantity that is not one', pod({}, { resources: { limits: { memory: '2 GB' } } }), /^InvalidPodSpec: .*\.resources\.limits\.memory: "2 GB" is not a quantity/],
+  ['a relative workingDir', pod({}, { workingDir: 'app' }), /^InvalidPodSpec: .*\.workingDir: "app" is not an absolute path; write it from \/ \(e\.g\. \/app\)/],
+  ['an env var name starting with a digit', pod({}, { env: [{ name: '1ST', value: 'x' }] }), /^InvalidPodSpec: .*\.env\[0\]\.name: "1ST" is not a valid environment variable name/],
+  ['an env var name with a space', pod({}, { env: [{ name: 'MY VAR', value: 'x' }] }), /^InvalidPodSpec: .*\.env\[0\]\.name: "MY VAR"/],
+  ['an envFrom prefix that cannot start a name', pod({}, { envFrom: [{ prefix: '9_', configMapRef: { name: 'c' } }] }), /^InvalidPodSpec: .*\.envFrom\[0\]\.prefix: "9_" is not a valid start/],
+  ['volumeDevices', pod({ volumes: [{ name: 'blk', persistentVolumeClaim: { claimName: 'b' } }] }, { volumeDevices: [{ name: 'blk', devicePath: '/dev/xvda' }] }), /volumeDevices: raw block devices are not supported/],
+  ['a Windows pod', pod({ os: { name: 'windows' } }), /^UnsupportedPodSpec: spec\.os\.name: "windows" is not supported/],
+  ['dynamic resource claims', pod({ resourceClaims: [{ name: 'gpu', resourceClaimName: 'gpu' }] }), /^UnsupportedPodSpec: spec\.resourceClaims: dynamic resource allocation/],
+];
+
+for (const [name, p, want] of cases) {
+  test(`refused: ${name}`, () => {
+    assert.match(verdict(p), want);
+  });
+}
+
+test('a runtimeClassName the node does not answer to is refused only when runtime classes are configured', () => {
+  const p = pod({ runtimeClassName: 'gvisor' });
+  assert.equal(verdict(p), 'accepted');
+  assert.match(verdict(p, { ...opts, runtimeClasses: ['vmlet'] }), /^UnsupportedPodSpec: spec\.runtimeClassName: "gvisor" is not a runtime class of this node \(known: vmlet\)/);
+});
+
+test('with no hostPath prefixes configured, every hostPath is refused and the message says none are', () => {
+  const p = pod({ volumes: [{ name: 'd', hostPath: { path: '/srv/shared' } }] });
+  assert.match(verdict(p, { hostPathPrefixes: [] }), /hostPath "\/srv\/shared" is outside .*\(none are configured\)/);
+});
+
+test('every problem is reported at once, with the first one\'s reason', () => {
+  const p = pod({ hostNetwork: true, volumes: [{ name: 'db', persistentVolumeClaim: { claimName: 'db' } }] }, { workingDir: 'app' });
+  try {
+    checkPod(p, opts);
+    assert.fail('accepted');
+  } catch (err) {
+    assert.ok(err instanceof PodSpecError);
+    assert.equal(err.reason, 'UnsupportedPodSpec');
+    assert.equal(err.problems.length, 3);
+    assert.match(err.message, /^3 problems: spec\.hostNetwork: .*; spec\.volumes\[0\] \(db\): .*; spec\.containers\[0\] \(vm\)\.workingDir: /);
+  }
+});
+
+test('a pod without a spec is refused, not a crash', () => {
+  assert.match(verdict({ metadata: { name: 'x' } }), /^InvalidPodSpec: spec: the pod has no spec/);
+});
