@@ -2,7 +2,15 @@
 // (API client, Node, Lease), the host sensors and the hypervisor probe, and the local admin endpoint.
 // Pod runtime, kubelet API and image layers plug in here as their issues land.
 import type { Config } from './config/schema.ts';
+import os from 'node:os';
+import path from 'node:path';
 import { probeHypervisor } from './drivers/probe.ts';
+import { QemuDriver } from './drivers/qemu/index.ts';
+import { RegistryClient } from './images/registry/client.ts';
+import { CredentialStore } from './images/registry/credentials.ts';
+import { ImageStore } from './images/store/image-store.ts';
+import { PodController } from './kube/pods/pod-controller.ts';
+import { PodRuntime } from './runtime/pod-runtime.ts';
 import { readHostFacts, sampleHost } from './host/facts.ts';
 import { ApiHealth } from './kube/api-health.ts';
 import { Backoff, sleep } from './kube/backoff.ts';
@@ -22,6 +30,9 @@ export class StartupError extends Error {
 
 export class Daemon {
   private node?: NodeController;
+  private pods?: PodController;
+  private runtime?: PodRuntime;
+  private registry?: RegistryClient;
   private api?: KubeApi;
   private admin?: AdminServer;
   readonly metrics = new AgentMetrics();
@@ -70,11 +81,61 @@ export class Daemon {
         throw new StartupError(`cannot listen on adminAddress ${config.adminAddress}: ${(err as Error).message}`);
       }
     }
+    await this.startPods(api, facts.ips[0]);
     const ready = node.lastStatus?.conditions.find((c) => c.type === 'Ready');
     log.info({ uid: node.nodeUid, ready: ready?.status, reason: ready?.reason }, 'node is up');
   }
 
+  /**
+   * Pods bound to this node become VMs, when the host can run them: the image store, the registry
+   * client, the driver and the pod runtime, then the pod controller (which first adopts the VMs a
+   * previous vmlet left running).
+   */
+  private async startPods(api: KubeApi, firstIp: string | undefined): Promise<void> {
+    const { config, log, metrics } = this;
+    const probe = await probeHypervisor({ want: config.hypervisor, arch: process.arch === 'arm64' ? 'arm64' : 'amd64' });
+    if (!probe.usable || probe.driver !== 'qemu') {
+      log.warn({ reason: probe.reason }, `pods will not run on this node: ${probe.message}`);
+      return;
+    }
+    const store = new ImageStore(config.imageCacheDir);
+    await store.init();
+    const driver = await QemuDriver.open({ log: log.child({ component: 'qemu' }) });
+    this.registry = new RegistryClient({ plainHttpRegistries: [], caPems: [], credentials: new CredentialStore({}) });
+    const hostIP = config.node.ip ?? firstIp ?? '127.0.0.1';
+    const pods = new PodController({ api, nodeName: config.nodeName, log: log.child({ component: 'pods' }), metrics });
+    const get = async (kind: 'configmaps' | 'secrets', ns: string, name: string) => {
+      try {
+        const obj = await api.call<{ data?: Record<string, string> }>('get', kind, { method: 'GET', path: `/api/v1/namespaces/${ns}/${kind}/${name}` });
+        const data = obj.data ?? {};
+        return kind === 'secrets' ? Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')])) : data;
+      } catch (err) {
+        if (httpStatus(err) === 404) return undefined;
+        throw err;
+      }
+    };
+    const runtime = new PodRuntime({
+      store, registry: this.registry, driver,
+      vmDir: config.vmDir ?? path.join(config.imageCacheDir, 'vms'),
+      nodeName: config.nodeName, hostIP, vmSlots: config.node.vmSlots,
+      defaults: { defaultCpus: 1, defaultMemoryMiB: 1024, maxCpus: os.availableParallelism(), maxMemoryMiB: Math.floor(os.totalmem() / 1024 / 1024 / 2) },
+      hostPathPrefixes: [],
+      lookups: { configMap: (ns, name) => get('configmaps', ns, name), secret: (ns, name) => get('secrets', ns, name) },
+      log: log.child({ component: 'pod-runtime' }),
+      changed: (uid) => pods.changed(uid),
+      event: (pod, type, reason, message) => pods.event(pod, type, reason, message),
+    });
+    this.runtime = runtime;
+    this.pods = pods;
+    await pods.start(runtime);
+    log.info({ driver: driver.describe(), vmSlots: config.node.vmSlots }, 'pods bound to this node run as VMs');
+  }
+
   async stop(): Promise<void> {
+    await this.pods?.stop();
+    // VMs keep running: the next vmlet adopts them.
+    await this.runtime?.detachAll();
+    await this.registry?.close();
     await Promise.all([this.node?.stop(), this.admin?.stop()]);
     this.api?.close();
   }

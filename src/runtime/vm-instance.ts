@@ -135,6 +135,33 @@ export class VmInstance {
   }
 
   /**
+   * Takes over a VM a previous vmlet launched in `<vmDir>/<id>` (after a restart): re-attaches the driver
+   * to the running process and greets its agent again. The image stays marked in use under `id`.
+   * Returns undefined when the directory holds no running VM (it is then cleaned up).
+   */
+  static async adopt(opts: { store: ImageStore; driver: Hypervisor; vmDir: string; id: string; imageDigest: string; timeoutMs?: number }): Promise<VmInstance | undefined> {
+    const dir = path.join(opts.vmDir, opts.id);
+    const vm = await opts.driver.attach(dir).catch(() => undefined);
+    const image = await opts.store.get(opts.imageDigest);
+    if (!vm || vm.state() === 'exited' || !image) {
+      if (vm && vm.state() !== 'exited') await vm.kill().catch(() => undefined);
+      await vm?.destroy().catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+      await opts.store.release(opts.imageDigest, opts.id).catch(() => undefined);
+      return undefined;
+    }
+    const agent = await AgentClient.connect(await vm.connectAgent(opts.timeoutMs ?? 10_000), { timeoutMs: opts.timeoutMs ?? 10_000, clientName: `vmlet ${vm.spec.name}` });
+    return new VmInstance(vm, agent, opts.store, image, opts.id);
+  }
+
+  /** Lets go of the VM without stopping it (vmlet is shutting down); adopt() takes it over again. */
+  async detach(): Promise<void> {
+    this.disposed = true;
+    this.agent.close();
+    await this.vm.detach();
+  }
+
+  /**
    * Stops the VM: the agent is asked to shut the guest down, then ACPI, then kill, all within timeoutMs;
    * then the VM's directory goes and the image is released.
    */

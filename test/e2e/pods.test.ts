@@ -1,0 +1,125 @@
+// Pods become VMs, against a real kube-apiserver, kubectl, registry and QEMU: `vmlet run` with a node
+// identity sees a pod bound to it, pulls the image (the Linux test guest, pushed to the local registry),
+// boots it, starts the container's command in the VM through the agent, and reports Running/Ready with
+// Events; a pod beyond the VM slots waits with a reason and starts when a slot frees; an unsupported
+// spec fails with a reason; a deleted pod's VM is stopped and the pod object removed.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import type { CoreV1Event, V1Pod } from '@kubernetes/client-node';
+import { startCluster, type Cluster } from '../harness/cluster.ts';
+import { runCommand } from '../harness/exec.ts';
+import { waitFor } from '../harness/processes.ts';
+import { startRegistry, type Registry } from '../harness/registry.ts';
+import { runVmlet, VmletProcess } from '../harness/vmlet.ts';
+import { ensureTestGuest } from '../guest/build.ts';
+import { guestImageSource, importArgs } from '../guest/image.ts';
+
+const NODE = 'vm-node-1';
+let cluster: Cluster;
+let registry: Registry;
+let vmlet: VmletProcess;
+let image: string;
+
+const kubectl = async (...args: string[]) => {
+  const r = await cluster.kubectl(args);
+  assert.equal(r.code, 0, `kubectl ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+};
+const getPod = async (name: string) => JSON.parse(await kubectl('get', 'pod', name, '-o', 'json')) as V1Pod;
+const events = async (name: string) =>
+  (JSON.parse(await kubectl('get', 'events', '--field-selector', `involvedObject.name=${name}`, '-o', 'json')) as { items: CoreV1Event[] }).items;
+
+function podManifest(name: string, extra: Record<string, unknown> = {}, container: Record<string, unknown> = {}) {
+  return {
+    apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: 'default' },
+    spec: {
+      nodeName: NODE, automountServiceAccountToken: false, terminationGracePeriodSeconds: 10,
+      containers: [{ name: 'vm', image, command: ['sh', '-c', 'echo "hello $GREETING"; exec sleep 100000'], env: [{ name: 'GREETING', value: 'from a pod' }], ...container }],
+      ...extra,
+    },
+  };
+}
+const apply = (manifest: unknown) => cluster.kubectl(['apply', '-f', '-'], { input: JSON.stringify(manifest) });
+
+/** QEMU and virtiofsd processes of this vmlet's VMs. */
+async function vmProcesses(): Promise<string[]> {
+  const ps = await runCommand('ps', ['-eo', 'pid=,args=']);
+  return ps.stdout.split('\n').filter((l) => /qemu-system|virtiofsd/.test(l) && l.includes(vmlet.dir));
+}
+
+before(async () => {
+  const guest = await ensureTestGuest();
+  [cluster, registry] = await Promise.all([startCluster(), startRegistry({})]);
+  const build = path.join(cluster.dir, 'build-store');
+  assert.equal((await runVmlet([...importArgs('guest:1', await guestImageSource(guest)), `--store=${build}`], {}, 240_000)).code, 0);
+  image = `${registry.host}/vmlet/test-guest:1`;
+  assert.equal((await runVmlet(['image', 'push', 'guest:1', image, `--store=${build}`], {}, 240_000)).code, 0);
+  await kubectl('create', 'serviceaccount', 'default');
+  vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(NODE), nodeName: NODE, dir: path.join(cluster.dir, NODE), args: ['--vm-slots=1'] });
+  await vmlet.waitUntilUp(120_000);
+});
+
+after(async () => {
+  await vmlet?.stop();
+  // VMs outlive vmlet on purpose; the test's own must not outlive the test.
+  for (const line of (await vmProcesses().catch(() => [])) ?? []) process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
+  await Promise.all([cluster?.stop(), registry?.stop()]);
+});
+
+test('a pod bound to the node becomes a VM: Running and Ready, its command runs in the VM, and Events tell the story', async () => {
+  assert.equal((await apply(podManifest('web'))).code, 0);
+  const pod = await waitFor('pod web Ready', async () => {
+    const p = await getPod('web');
+    return p.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? p : undefined;
+  }, { timeoutMs: 240_000, intervalMs: 1000 });
+  assert.equal(pod.status?.phase, 'Running');
+  assert.equal(pod.status?.hostIP, '127.0.0.1');
+  const cs = pod.status?.containerStatuses?.[0];
+  assert.equal(cs?.name, 'vm');
+  assert.equal(cs?.ready, true);
+  assert.ok(cs?.state?.running?.startedAt, JSON.stringify(cs));
+  assert.match(cs?.containerID ?? '', new RegExp(`^vmlet://${pod.metadata!.uid}$`));
+  assert.match(cs?.imageID ?? '', /@sha256:[a-f0-9]{64}$/);
+  const reasons = (await events('web')).map((e) => e.reason);
+  for (const r of ['Pulling', 'Pulled', 'Created', 'Started']) assert.ok(reasons.includes(r), `${r} in ${reasons.join(', ')}`);
+  assert.equal((await vmProcesses()).filter((l) => l.includes('qemu-system')).length, 1, 'one QEMU for one pod');
+});
+
+test('a second pod on a one-slot node waits with a reason, and starts once the first is deleted (its VM stopped, its object gone)', async () => {
+  assert.equal((await apply(podManifest('second'))).code, 0);
+  const waiting = await waitFor('pod second waiting for a slot', async () => {
+    const p = await getPod('second');
+    const w = p.status?.containerStatuses?.[0]?.state?.waiting;
+    return w?.reason === 'WaitingForVmSlot' ? w : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  assert.match(waiting.message ?? '', /all 1 VM slots of node vm-node-1 are in use/);
+  assert.ok((await events('second')).some((e) => e.reason === 'WaitingForVmSlot'));
+
+  await kubectl('delete', 'pod', 'web', '--wait=true', '--timeout=120s');
+  assert.equal((await cluster.kubectl(['get', 'pod', 'web'])).code, 1, 'the pod object is gone');
+  assert.ok((await events('web')).some((e) => e.reason === 'Killing'));
+  await waitFor('pod second Ready', async () => {
+    const p = await getPod('second');
+    return p.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? p : undefined;
+  }, { timeoutMs: 240_000, intervalMs: 1000 });
+  assert.equal((await vmProcesses()).filter((l) => l.includes('qemu-system')).length, 1, 'the first VM is gone, the second runs');
+  await kubectl('delete', 'pod', 'second', '--wait=true', '--timeout=120s');
+  await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
+});
+
+test('a pod vmlet cannot run fails with a reason on its status and an Event, and vmlet stays healthy', async () => {
+  const two = podManifest('two-containers');
+  (two.spec.containers as unknown[]).push({ name: 'sidecar', image: 'busybox:1' });
+  assert.equal((await apply(two)).code, 0);
+  const pod = await waitFor('pod two-containers Failed', async () => {
+    const p = await getPod('two-containers');
+    return p.status?.phase === 'Failed' ? p : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  const message = `${pod.status?.reason ?? ''} ${pod.status?.message ?? ''} ${JSON.stringify(pod.status?.containerStatuses ?? [])}`;
+  assert.match(message, /sidecar/);
+  assert.ok((await events('two-containers')).some((e) => e.type === 'Warning' && /sidecar/.test(e.message ?? '')));
+  assert.equal((await vmlet.admin('/healthz')).status, 200);
+  assert.equal(vmlet.exitStatus, undefined);
+  await kubectl('delete', 'pod', 'two-containers', '--wait=true', '--timeout=60s');
+});
