@@ -269,7 +269,20 @@ export class SshConnection {
     this.client.end();
   }
 
-  private execLine(line: Buffer, opts: Pick<SshExecOptions, 'stdin' | 'tty'>): Promise<SshExec> {
+  private async execLine(line: Buffer, opts: Pick<SshExecOptions, 'stdin' | 'tty'>): Promise<SshExec> {
+    try {
+      return await this.execOnce(line, opts);
+    } catch (err) {
+      // A server may refuse a session channel for a moment (OpenSSH's MaxSessions while earlier channels
+      // close; dropbear refused one once here on a loaded machine, right after an SFTP session): once
+      // more, shortly after, before the refusal is the answer.
+      if (!(err instanceof SshError) || err.reason !== 'other' || this.closedFlag) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+      return this.execOnce(line, opts);
+    }
+  }
+
+  private execOnce(line: Buffer, opts: Pick<SshExecOptions, 'stdin' | 'tty'>): Promise<SshExec> {
     const tty = opts.tty;
     const what = `ssh to ${this.address} as ${this.username}`;
     if (this.closedFlag) return Promise.reject(new SshError('closed', this.address, `${what}: the connection is closed`));
