@@ -123,3 +123,29 @@ test('a pod vmlet cannot run fails with a reason on its status and an Event, and
   assert.equal(vmlet.exitStatus, undefined);
   await kubectl('delete', 'pod', 'two-containers', '--wait=true', '--timeout=60s');
 });
+
+test('kill -9 of vmlet with a pod running: the restarted vmlet adopts the same VM process and the pod stays Ready', async () => {
+  assert.equal((await apply(podManifest('survivor'))).code, 0);
+  const ready = (p: V1Pod) => p.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True';
+  const before = await waitFor('pod survivor Ready', async () => {
+    const p = await getPod('survivor');
+    return ready(p) ? p : undefined;
+  }, { timeoutMs: 240_000, intervalMs: 1000 });
+  const qemuBefore = (await vmProcesses()).filter((l) => l.includes('qemu-system')).map((l) => l.trim().split(/\s+/)[0]);
+  assert.equal(qemuBefore.length, 1);
+
+  await vmlet.signal('SIGKILL');
+  vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(NODE), nodeName: NODE, dir: path.join(cluster.dir, NODE), args: ['--vm-slots=1'] });
+  await vmlet.waitUntilUp(120_000);
+  const adopted = await vmlet.waitForLog('the VM adopted', (l) => /adopted those with a pod/.test(l.msg), 60_000);
+  assert.deepEqual((adopted as unknown as { adopted: string[] }).adopted, [before.metadata!.uid]);
+  const qemuAfter = (await vmProcesses()).filter((l) => l.includes('qemu-system')).map((l) => l.trim().split(/\s+/)[0]);
+  assert.deepEqual(qemuAfter, qemuBefore, 'the same QEMU process, not a new boot');
+  const after = await getPod('survivor');
+  assert.ok(ready(after), JSON.stringify(after.status?.conditions));
+  assert.equal(after.status?.containerStatuses?.[0]?.restartCount, 0);
+  assert.equal(after.status?.startTime, before.status?.startTime);
+  // The adopted VM is still under control: deleting the pod stops it.
+  await kubectl('delete', 'pod', 'survivor', '--wait=true', '--timeout=120s');
+  await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
+});
