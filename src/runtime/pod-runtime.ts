@@ -7,15 +7,16 @@
 // Restart safety: each VM's directory is `<vmDir>/<pod-uid>` with a pod.json beside the driver's
 // vm.json; `adopt()` takes running VMs over after a vmlet restart instead of booting them again.
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { MainExitEvent } from '../agent/host/client.ts';
-import type { Hypervisor } from '../drivers/hypervisor.ts';
+import type { Hypervisor, ShareSpec } from '../drivers/hypervisor.ts';
 import { pullImage } from '../images/pull.ts';
 import type { RegistryClient } from '../images/registry/client.ts';
 import type { ImageStore, StoredImage } from '../images/store/image-store.ts';
 import type { Logger } from '../observability/log.ts';
-import { resolveEnv, type EnvLookups } from './pod/env.ts';
+import { resolveEnv, type EnvFacts, type EnvLookups } from './pod/env.ts';
+import { volumeContent } from './pod/volumes.ts';
 import { PodSpecError } from './pod/errors.ts';
 import { vmSize, type NodeVmSizing } from './pod/sizing.ts';
 import type { PodRuntimeState } from './pod/status.ts';
@@ -52,6 +53,13 @@ interface PodRecord {
   removing?: boolean;
   /** Once told it waits for a slot, not again. */
   toldWaiting?: boolean;
+}
+
+interface PreparedVolume {
+  volume: string;
+  share: ShareSpec;
+  mountPath: string;
+  readOnly: boolean;
 }
 
 /** What pod.json in a VM directory records: enough to adopt the VM after a restart. */
@@ -134,12 +142,14 @@ export class PodRuntime {
       const sized = [r?.limits, r?.requests].some((q) => q?.cpu !== undefined || q?.memory !== undefined);
       const size = sized ? vmSize(container, o.defaults) : undefined;
       const env = await resolveEnv(pod, container, o.lookups, { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, ...(size ? { vm: size } : {}) });
+      const volumes = await this.prepareVolumes(pod, container, { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP });
       image = await this.pull(rec, container);
       const sizeText = size ? `${size.cpus} vCPU, ${size.memoryMiB} MiB` : "the image's CPUs and memory";
       this.setWaiting(rec, 'ContainerCreating', `booting a VM (${sizeText})`);
       const instance = await VmInstance.launch({
         store: o.store, driver: o.driver, vmDir: o.vmDir, image, id: uid, name: `${pod.metadata!.namespace}/${pod.metadata!.name}`,
         ...(size ? { cpus: size.cpus, memoryMiB: size.memoryMiB } : {}), network: { mode: 'user', forwards: [] },
+        shares: volumes.map((v) => v.share),
         ...(o.bootTimeoutMs ? { bootTimeoutMs: o.bootTimeoutMs } : {}),
       });
       if (rec.removing) {
@@ -154,6 +164,11 @@ export class PodRuntime {
       await writeFile(path.join(instance.dir, POD_META), JSON.stringify(meta));
       o.event(pod, 'Normal', 'Created', `Created VM ${uid} (${instance.vm.spec.cpus} vCPU, ${instance.vm.spec.memoryMiB} MiB) from ${container.image}`);
       this.watch(rec, instance);
+      for (const v of volumes) {
+        await instance.agent.mount({ tag: v.share.tag, mountPath: v.mountPath, readOnly: v.readOnly }).catch((err: Error) => {
+          throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${v.volume}" at ${v.mountPath}: ${err.message}`);
+        });
+      }
       const argv = [...(container.command ?? []), ...(container.args ?? [])];
       if (argv.length > 0) {
         await instance.agent.startMain({ id: container.name, argv, env, ...(container.workingDir ? { cwd: container.workingDir } : {}) });
@@ -177,7 +192,8 @@ export class PodRuntime {
       const e = err as Error & { reason?: string };
       if (err instanceof PodSpecError) {
         this.setWaiting(rec, err.reason, err.message);
-        o.event(pod, 'Warning', err.reason === 'InvalidVmSize' ? 'FailedCreate' : 'Failed', err.message);
+        o.event(pod, 'Warning', err.reason === 'InvalidVmSize' ? 'FailedCreate' : err.reason === 'FailedMount' ? 'FailedMount' : 'Failed', err.message);
+        if (rec.instance) await this.release(rec, 5000);
         if (err.reason === 'InvalidVmSize') this.fail(rec, err.reason, err.message);
         return;
       }
@@ -186,6 +202,50 @@ export class PodRuntime {
       o.event(pod, 'Warning', 'Failed', e.message.split('\n')[0]!);
       throw err;
     }
+  }
+
+  /**
+   * The container's volumes as host directories to share: files written for configMap, secret,
+   * downwardAPI and projected volumes (read-only in the guest), a fresh directory for emptyDir, the host's
+   * own directory for hostPath (validate.ts allowed only configured prefixes).
+   */
+  private async prepareVolumes(pod: V1Pod, container: V1Container, facts: EnvFacts): Promise<PreparedVolume[]> {
+    const root = path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes');
+    const shares = new Map<string, ShareSpec>();
+    const out: PreparedVolume[] = [];
+    for (const m of container.volumeMounts ?? []) {
+      if (m.subPath) throw new PodSpecError('UnsupportedPodSpec', `volumeMount "${m.name}" at ${m.mountPath}: subPath is not supported yet in VM pods`);
+      const volume = (pod.spec?.volumes ?? []).find((v) => v.name === m.name)!;
+      let share = shares.get(m.name);
+      let files = false;
+      if (!share) {
+        const content = await volumeContent(pod, volume, this.o.lookups, facts);
+        let hostPath: string;
+        if (content.kind === 'hostPath') {
+          hostPath = content.path;
+          if (!(await stat(hostPath).catch(() => undefined))?.isDirectory()) {
+            throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${m.name}": hostPath ${hostPath} is not a directory on the node`);
+          }
+        } else {
+          hostPath = path.join(root, m.name);
+          await mkdir(hostPath, { recursive: true });
+          if (content.kind === 'files') {
+            files = true;
+            for (const f of content.files) {
+              const file = path.join(hostPath, f.path);
+              if (!file.startsWith(`${hostPath}/`)) throw new PodSpecError('FailedMount', `volume "${m.name}": path ${f.path} leaves the volume`);
+              await mkdir(path.dirname(file), { recursive: true });
+              await writeFile(file, f.data, { mode: f.mode });
+              await chmod(file, f.mode);
+            }
+          }
+        }
+        share = { tag: `vol-${shares.size}`, hostPath, readOnly: files };
+        shares.set(m.name, share);
+      }
+      out.push({ volume: m.name, share, mountPath: m.mountPath, readOnly: Boolean(m.readOnly) || share.readOnly });
+    }
+    return out;
   }
 
   private async pull(rec: PodRecord, container: V1Container): Promise<StoredImage> {

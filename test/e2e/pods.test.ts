@@ -149,3 +149,61 @@ test('kill -9 of vmlet with a pod running: the restarted vmlet adopts the same V
   await kubectl('delete', 'pod', 'survivor', '--wait=true', '--timeout=120s');
   await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
 });
+
+test('configMap, secret, downwardAPI and emptyDir volumes are in the guest at their mountPaths, with items, modes and read-only', async () => {
+  await kubectl('create', 'configmap', 'app-config', '--from-literal=greeting=hello', '--from-literal=color=blue');
+  await kubectl('create', 'secret', 'generic', 'app-secret', '--from-literal=password=s3cret');
+  // The command checks what a user would check, and its exit code says which check failed.
+  const script = [
+    'test "$(cat /etc/app/greeting)" = hello || exit 11',
+    'test "$(cat /etc/app/colors/favourite)" = blue || exit 12',
+    'test ! -e /etc/app/color || exit 13',
+    'test "$(cat /etc/secret/password)" = s3cret || exit 14',
+    'test "$(stat -c %a /etc/secret/password)" = 400 || exit 15',
+    'test "$(cat /etc/podinfo/name)" = volumes || exit 16',
+    'grep -q \'tier="web"\' /etc/podinfo/labels || exit 17',
+    'touch /etc/app/x 2>/dev/null && exit 18',
+    'echo scratch > /scratch/file && test "$(cat /scratch/file)" = scratch || exit 19',
+    'exit 0',
+  ].join('\n');
+  const manifest = podManifest('volumes', {
+    restartPolicy: 'Never',
+    volumes: [
+      { name: 'config', configMap: { name: 'app-config', items: [{ key: 'greeting', path: 'greeting' }, { key: 'color', path: 'colors/favourite' }] } },
+      { name: 'secret', secret: { secretName: 'app-secret', defaultMode: 0o400 } },
+      { name: 'podinfo', downwardAPI: { items: [{ path: 'name', fieldRef: { fieldPath: 'metadata.name' } }, { path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } }] } },
+      { name: 'scratch', emptyDir: {} },
+    ],
+  }, {
+    command: ['sh', '-c', script],
+    volumeMounts: [
+      { name: 'config', mountPath: '/etc/app' },
+      { name: 'secret', mountPath: '/etc/secret' },
+      { name: 'podinfo', mountPath: '/etc/podinfo' },
+      { name: 'scratch', mountPath: '/scratch' },
+    ],
+  });
+  (manifest.metadata as Record<string, unknown>).labels = { tier: 'web' };
+  assert.equal((await apply(manifest)).code, 0);
+  const pod = await waitFor('pod volumes finished', async () => {
+    const p = await getPod('volumes');
+    return p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed' ? p : undefined;
+  }, { timeoutMs: 240_000, intervalMs: 1000 });
+  const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated;
+  assert.equal(terminated?.exitCode, 0, `the check that failed: exit ${terminated?.exitCode} (see the script)`);
+  assert.equal(pod.status?.phase, 'Succeeded');
+  await kubectl('delete', 'pod', 'volumes', '--wait=true', '--timeout=120s');
+  await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
+});
+
+test('a pod whose ConfigMap does not exist waits with FailedMount and an Event naming it', async () => {
+  const manifest = podManifest('no-config', { volumes: [{ name: 'config', configMap: { name: 'missing-config' } }] }, { volumeMounts: [{ name: 'config', mountPath: '/etc/app' }] });
+  assert.equal((await apply(manifest)).code, 0);
+  const waiting = await waitFor('pod no-config FailedMount', async () => {
+    const w = (await getPod('no-config')).status?.containerStatuses?.[0]?.state?.waiting;
+    return w?.reason === 'FailedMount' ? w : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  assert.match(waiting.message ?? '', /configmap "missing-config" not found/);
+  assert.ok((await events('no-config')).some((e) => e.reason === 'FailedMount' && /missing-config/.test(e.message ?? '')));
+  await kubectl('delete', 'pod', 'no-config', '--wait=true', '--timeout=60s');
+});

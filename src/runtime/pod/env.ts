@@ -143,7 +143,7 @@ export function expand(input: string, vars: ReadonlyMap<string, string>): string
 
 const SUBSCRIPT = /^metadata\.(labels|annotations)\['(.*)'\]$/;
 
-function fieldValue(pod: V1Pod, fieldPath: string, facts: EnvFacts): string {
+export function fieldValue(pod: V1Pod, fieldPath: string, facts: EnvFacts): string {
   const sub = SUBSCRIPT.exec(fieldPath);
   if (sub) return (sub[1] === 'labels' ? pod.metadata?.labels : pod.metadata?.annotations)?.[sub[2]!] ?? '';
   const podIPs = facts.podIPs ?? (facts.podIP ? [facts.podIP] : (pod.status?.podIPs ?? []).map((p) => p.ip));
