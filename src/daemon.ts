@@ -7,7 +7,7 @@ import path from 'node:path';
 import { probeHypervisor } from './drivers/probe.ts';
 import { QemuDriver } from './drivers/qemu/index.ts';
 import { RegistryClient } from './images/registry/client.ts';
-import { CredentialStore } from './images/registry/credentials.ts';
+import { CredentialStore, type PullSecret } from './images/registry/credentials.ts';
 import { ImageStore } from './images/store/image-store.ts';
 import { PodController } from './kube/pods/pod-controller.ts';
 import { PodRuntime } from './runtime/pod-runtime.ts';
@@ -101,7 +101,8 @@ export class Daemon {
     const store = new ImageStore(config.imageCacheDir);
     await store.init();
     const driver = await QemuDriver.open({ log: log.child({ component: 'qemu' }) });
-    this.registry = new RegistryClient({ plainHttpRegistries: [], caPems: [], credentials: new CredentialStore({}) });
+    const credentials = new CredentialStore({});
+    this.registry = new RegistryClient({ plainHttpRegistries: [], caPems: [], credentials });
     const hostIP = config.node.ip ?? firstIp ?? '127.0.0.1';
     const pods = new PodController({ api, nodeName: config.nodeName, log: log.child({ component: 'pods' }), metrics });
     const get = async (kind: 'configmaps' | 'secrets', ns: string, name: string) => {
@@ -121,6 +122,15 @@ export class Daemon {
       defaults: { defaultCpus: 1, defaultMemoryMiB: 1024, maxCpus: os.availableParallelism(), maxMemoryMiB: Math.floor(os.totalmem() / 1024 / 1024 / 2) },
       hostPathPrefixes: [],
       lookups: { configMap: (ns, name) => get('configmaps', ns, name), secret: (ns, name) => get('secrets', ns, name) },
+      credentials,
+      pullSecret: async (ns, name) => {
+        try {
+          return await api.call<PullSecret>('get', 'secrets', { method: 'GET', path: `/api/v1/namespaces/${ns}/secrets/${name}` });
+        } catch (err) {
+          if (httpStatus(err) === 404) return undefined;
+          throw err;
+        }
+      },
       log: log.child({ component: 'pod-runtime' }),
       changed: (uid) => pods.changed(uid),
       event: (pod, type, reason, message) => pods.event(pod, type, reason, message),

@@ -13,6 +13,7 @@ import type { MainExitEvent } from '../agent/host/client.ts';
 import type { Hypervisor, ShareSpec } from '../drivers/hypervisor.ts';
 import { pullImage } from '../images/pull.ts';
 import type { RegistryClient } from '../images/registry/client.ts';
+import type { CredentialStore, PullSecret } from '../images/registry/credentials.ts';
 import type { ImageStore, StoredImage } from '../images/store/image-store.ts';
 import type { Logger } from '../observability/log.ts';
 import { resolveEnv, type EnvFacts, type EnvLookups } from './pod/env.ts';
@@ -36,6 +37,10 @@ export interface PodRuntimeOptions {
   defaults: NodeVmSizing;
   hostPathPrefixes: string[];
   lookups: EnvLookups;
+  /** The node's registry credentials (docker config), to which a pod's imagePullSecrets are added. */
+  credentials?: CredentialStore;
+  /** A Secret as the API returns it (base64 data), for imagePullSecrets; undefined when it does not exist. */
+  pullSecret?(namespace: string, name: string): Promise<PullSecret | undefined>;
   log: Logger;
   /** The state of this pod changed: post its status. */
   changed(uid: string): void;
@@ -53,6 +58,8 @@ interface PodRecord {
   removing?: boolean;
   /** Once told it waits for a slot, not again. */
   toldWaiting?: boolean;
+  /** Failed pulls in a row: the second and later wait as ImagePullBackOff. */
+  pullFailures?: number;
 }
 
 interface PreparedVolume {
@@ -263,14 +270,41 @@ export class PodRuntime {
     this.setWaiting(rec, 'ContainerCreating', `pulling image "${ref}"`);
     const started = Date.now();
     try {
-      const result = await pullImage({ store: o.store, registry: o.registry, image: ref, log: o.log });
+      const registry = await this.registryFor(rec.pod);
+      const result = await pullImage({ store: o.store, registry, image: ref, log: o.log });
+      rec.pullFailures = 0;
       const mib = (result.downloaded / 1024 / 1024).toFixed(1);
       o.event(rec.pod, 'Normal', 'Pulled', `Successfully pulled image "${ref}" in ${((Date.now() - started) / 1000).toFixed(1)}s (${mib} MiB downloaded)`);
       return result.image;
     } catch (err) {
-      this.setWaiting(rec, 'ErrImagePull', (err as Error).message);
+      const message = (err as Error).message.split('\n')[0]!;
+      rec.pullFailures = (rec.pullFailures ?? 0) + 1;
+      if (rec.pullFailures > 1) {
+        this.setWaiting(rec, 'ImagePullBackOff', `Back-off pulling image "${ref}": ${message}`);
+        o.event(rec.pod, 'Normal', 'BackOff', `Back-off pulling image "${ref}"`);
+      } else {
+        this.setWaiting(rec, 'ErrImagePull', message);
+      }
       throw err;
     }
+  }
+
+  /** The registry client with the pod's imagePullSecrets (kubelet: missing ones are a warning, not an error). */
+  private async registryFor(pod: V1Pod): Promise<RegistryClient> {
+    const names = (pod.spec?.imagePullSecrets ?? []).map((r) => r.name).filter((n): n is string => Boolean(n));
+    if (names.length === 0 || !this.o.pullSecret || !this.o.credentials) return this.o.registry;
+    const ns = pod.metadata!.namespace!;
+    const found: PullSecret[] = [];
+    const missing: string[] = [];
+    for (const name of names) {
+      const secret = await this.o.pullSecret(ns, name);
+      if (secret) found.push(secret);
+      else missing.push(name);
+    }
+    if (missing.length) {
+      this.o.event(pod, 'Warning', 'FailedToRetrieveImagePullSecret', `Unable to retrieve some image pull secrets (${missing.join(', ')}); attempting to pull the image may not succeed.`);
+    }
+    return this.o.registry.withCredentials(this.o.credentials.withPullSecrets(found));
   }
 
   /** Main-process exits and VM exits become container states. */

@@ -4,6 +4,7 @@
 // Events; a pod beyond the VM slots waits with a reason and starts when a slot frees; an unsupported
 // spec fails with a reason; a deleted pod's VM is stopped and the pod object removed.
 import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { CoreV1Event, V1Pod } from '@kubernetes/client-node';
@@ -206,4 +207,34 @@ test('a pod whose ConfigMap does not exist waits with FailedMount and an Event n
   assert.match(waiting.message ?? '', /configmap "missing-config" not found/);
   assert.ok((await events('no-config')).some((e) => e.reason === 'FailedMount' && /missing-config/.test(e.message ?? '')));
   await kubectl('delete', 'pod', 'no-config', '--wait=true', '--timeout=60s');
+});
+
+test('an image in a registry that needs credentials: ErrImagePull without them, Running with the pod\'s imagePullSecrets', async () => {
+  const secure = await startRegistry({ auth: { username: 'ci', password: 's3cret' } });
+  try {
+    const dockerConfig = path.join(cluster.dir, 'docker-config.json');
+    await writeFile(dockerConfig, JSON.stringify({ auths: { [secure.host]: { auth: Buffer.from('ci:s3cret').toString('base64') } } }));
+    const privateImage = `${secure.host}/private/test-guest:1`;
+    const pushed = await runVmlet(['image', 'push', 'guest:1', privateImage, `--store=${path.join(cluster.dir, 'build-store')}`, `--docker-config=${dockerConfig}`], {}, 240_000);
+    assert.equal(pushed.code, 0, pushed.stderr);
+
+    assert.equal((await apply(podManifest('no-creds', {}, { image: privateImage }))).code, 0);
+    const waiting = await waitFor('pod no-creds ErrImagePull', async () => {
+      const w = (await getPod('no-creds')).status?.containerStatuses?.[0]?.state?.waiting;
+      return w?.reason === 'ErrImagePull' || w?.reason === 'ImagePullBackOff' ? w : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 500 });
+    assert.match(waiting.message ?? '', /401|unauthorized|authentication/i);
+    await kubectl('delete', 'pod', 'no-creds', '--wait=true', '--timeout=60s');
+
+    await kubectl('create', 'secret', 'docker-registry', 'regcred', `--docker-server=${secure.host}`, '--docker-username=ci', '--docker-password=s3cret');
+    assert.equal((await apply(podManifest('with-creds', { imagePullSecrets: [{ name: 'regcred' }] }, { image: privateImage }))).code, 0);
+    await waitFor('pod with-creds Ready', async () => {
+      const p = await getPod('with-creds');
+      return p.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? p : undefined;
+    }, { timeoutMs: 240_000, intervalMs: 1000 });
+    await kubectl('delete', 'pod', 'with-creds', '--wait=true', '--timeout=120s');
+    await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
+  } finally {
+    await secure.stop();
+  }
 });

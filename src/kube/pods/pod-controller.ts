@@ -29,6 +29,8 @@ interface Work {
   gone: boolean;
   backoff: Backoff;
   retryTimer?: NodeJS.Timeout;
+  /** Until then a failed sync is not tried again (status changes are still posted). */
+  retryAt?: number;
 }
 
 export class PodController {
@@ -166,20 +168,25 @@ export class PodController {
         this.work.delete(uid);
         return;
       }
-      if (this.runtime.state(uid)?.phase !== 'Running') {
+      const backingOff = w.retryAt !== undefined && Date.now() < w.retryAt;
+      if (this.runtime.state(uid)?.phase !== 'Running' && !backingOff) {
         // Sync runs long (pull, boot): post the status first so "ContainerCreating" shows meanwhile.
         const syncing = this.runtime.sync(pod);
         await this.postStatus(w);
         await syncing;
       }
       await this.postStatus(w);
-      w.backoff.reset();
+      if (!backingOff) w.backoff.reset();
     } catch (err) {
       const delay = w.backoff.next();
+      w.retryAt = Date.now() + delay;
       this.o.log.warn({ pod: name, err: describeApiError(err), retryInMs: delay }, 'pod sync failed; will retry');
       await this.postStatus(w).catch(() => undefined);
       clearTimeout(w.retryTimer);
-      w.retryTimer = setTimeout(() => this.enqueue(uid), delay);
+      w.retryTimer = setTimeout(() => {
+        w.retryAt = undefined;
+        this.enqueue(uid);
+      }, delay);
       w.retryTimer.unref();
     }
   }
