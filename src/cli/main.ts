@@ -6,6 +6,7 @@ import { Daemon, StartupError } from '../daemon.ts';
 import { KubeconfigError } from '../kube/errors.ts';
 import { createLogger } from '../observability/log.ts';
 import { addAgentCommands } from './agent.ts';
+import { isUserFacing } from './errors.ts';
 import { addImageCommands } from './image.ts';
 import { addVmCommands } from './vm.ts';
 import { KUBELET_VERSION, VMLET_VERSION } from '../version.ts';
@@ -92,12 +93,6 @@ async function runDaemon(configFile: string | undefined, flags: Record<string, u
     throw err;
   }
   return stopped;
-}
-
-/** Errors of the image layer that explain themselves in their message (a reason, image, layer and cause). */
-const USER_FACING = new Set(['PullError', 'ImageCorruptError', 'CloneError', 'ImportError', 'RegistryError', 'ImageFormatError', 'ContentError', 'AppleLz4Error', 'DecodedMismatchError']);
-function isUserFacing(err: unknown): boolean {
-  return err instanceof Error && USER_FACING.has(err.name);
 }
 
 /** Entry point: runs the program and maps known errors to one-line messages and exit codes. */

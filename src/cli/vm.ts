@@ -11,6 +11,7 @@ import { loadSshCredentials } from '../agent/ssh/credentials.ts';
 import { pullImage } from '../images/pull.ts';
 import type { StoredImage } from '../images/store/image-store.ts';
 import { VmInstance } from '../runtime/vm-instance.ts';
+import { isUserFacing } from './errors.ts';
 import { open, quantity, storeOptions, type CommonFlags } from './image.ts';
 import { createProgress } from './progress.ts';
 
@@ -67,7 +68,7 @@ export function addVmCommands(program: Command): void {
     .action(async (ref: string, command: string[], flags: RunFlags) => {
       process.exitCode = await runVm(ref, command, flags).catch((err: unknown) => {
         const e = err as Error & { reason?: string };
-        const known = e.reason !== undefined || e instanceof ConfigError || ['PullError', 'CloneError', 'ImageCorruptError', 'RegistryError', 'ImageFormatError'].includes(e.name);
+        const known = e.reason !== undefined || e instanceof ConfigError || isUserFacing(e);
         process.stderr.write(`vmlet: ${known ? e.message : (e.stack ?? e.message)}\n`);
         if (e instanceof ConfigError) return 2;
         // As a shell (and docker run) says it: 127 for a command that is not there, 126 for one that cannot run.

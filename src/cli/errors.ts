@@ -1,0 +1,7 @@
+// Errors of the lower layers that explain themselves in their message (a reason, image, layer and cause):
+// the CLI prints their message in one line instead of a stack.
+const USER_FACING = new Set(['PullError', 'ImageCorruptError', 'CloneError', 'ImportError', 'RegistryError', 'ImageFormatError', 'ContentError', 'AppleLz4Error', 'DecodedMismatchError']);
+
+export function isUserFacing(err: unknown): boolean {
+  return err instanceof Error && USER_FACING.has(err.name);
+}
