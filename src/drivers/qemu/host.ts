@@ -120,6 +120,21 @@ export async function kvmProblem(binary: string, arch: GuestArch): Promise<strin
   } catch (err) {
     return `/dev/kvm is not usable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
   }
+  // The test guest costs a QEMU start; its verdict is kept for a while, since start-up asks more than
+  // once (the Node's probe, the driver) and the Node's probe asks again every minute.
+  const key = `${binary}\0${arch}`;
+  const cached = testGuestVerdicts.get(key);
+  if (cached && Date.now() - cached.at < VERDICT_TTL_MS) return cached.verdict;
+  const verdict = runKvmTestGuest(binary, arch);
+  testGuestVerdicts.set(key, { at: Date.now(), verdict });
+  return verdict;
+}
+
+const VERDICT_TTL_MS = 10 * 60_000;
+const testGuestVerdicts = new Map<string, { at: number; verdict: Promise<string | undefined> }>();
+
+/** Runs the four-instruction guest under KVM: undefined when it ran, else why not. */
+async function runKvmTestGuest(binary: string, arch: GuestArch): Promise<string | undefined> {
   const dir = await mkdtemp(join(tmpdir(), 'vmlet-kvm-probe-'));
   try {
     const rom = join(dir, 'probe.rom');
