@@ -61,8 +61,8 @@ try {
 
   await vmDemo();
 
-  console.log('\nPods scheduled to this node becoming VMs (and kubectl exec into them) arrive with the pod issues;');
-  console.log('see README.md, "Status".');
+  console.log('\nPods bound to this node already become VMs (test/e2e/pods.test.ts); the demo will show them, with');
+  console.log('kubectl exec into them, once the kubelet API lands (issue 6). See README.md, "Status".');
   if (stay) {
     say(`Still running. Try: kubectl --kubeconfig ${cluster.adminKubeconfig} get nodes   (Ctrl-C stops)`);
     await new Promise(() => undefined);
