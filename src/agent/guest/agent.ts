@@ -1,25 +1,31 @@
 // vmlet-agent's core: the state that outlives host connections (main processes, their logs, mounts) and
 // the request handlers. Transports (port.ts, main.ts) hand it connections; each becomes a Session.
 import { rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import { AgentError } from '../protocol/errors.ts';
 import {
-  MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type AgentHello, type ExecRequest, type LogsRequest, type MainStartRequest,
-  type MountRequest, type Ops,
+  Channel, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type AgentHello, type ExecRequest, type LogsRequest, type MainAttached,
+  type MainAttachRequest, type MainStartRequest, type MountRequest, type Ops, type PortConnectRequest,
 } from '../protocol/messages.ts';
 import { startPiped, startTty, type ExecHandle } from './exec.ts';
 import { logStream } from './log-stream.ts';
-import { MainProcess } from './main-process.ts';
+import { checkMainSpec, MainProcess } from './main-process.ts';
 import { prepareProcess, signalName } from './process-spec.ts';
 import { Session, type SessionHost } from './session.ts';
 import { addresses, bootId, bootIdSync, mount, run, setHostname, stats, systemFacts, uptimeSeconds, uptimeSecondsSync } from './system.ts';
+import { checkPortConnect, connectTcp } from './tcp-connect.ts';
 
 declare const VMLET_AGENT_VERSION: string | undefined;
 /** Set by the bundler (bundle.ts); "dev" when run from the TypeScript sources. */
 export const AGENT_VERSION = typeof VMLET_AGENT_VERSION === 'string' ? VMLET_AGENT_VERSION : 'dev';
 
-export const CAPABILITIES = ['exec', 'tty', 'main', 'logs', 'mount.virtiofs', 'stats', 'hostname', 'shutdown'];
+export const CAPABILITIES = [
+  'exec', 'tty', 'main', 'logs', 'mount.virtiofs', 'stats', 'hostname', 'shutdown',
+  // Since the kubelet API: port-forward, attach (main processes with stdin), logs --previous/--limit-bytes/stream.
+  'port-connect', 'attach', 'main.stdin', 'logs.previous', 'logs.limit-bytes', 'logs.stream',
+];
 
 export interface AgentOptions {
   /** Where main processes' CRI logs go. */
@@ -35,6 +41,8 @@ export class Agent implements SessionHost {
   private readonly mains = new Map<string, MainProcess>();
   private readonly execs = new Map<Session, Map<number, ExecHandle>>();
   private readonly mounts: string[] = [];
+  /** Open port.connect sockets, of every session. */
+  private readonly ports = new Set<Socket>();
   private current: Session | undefined;
   private shuttingDown = false;
   private readonly started = performance.now();
@@ -124,12 +132,15 @@ export class Agent implements SessionHost {
         if (main.running) throw new AgentError('InvalidArgument', `main process ${main.spec.id} is running; stop it first`);
         this.mains.delete(main.spec.id);
         main.writer.close();
-        await rm(main.writer.path, { force: true });
-        for (let i = 1; i < (main.spec.log?.maxFiles ?? 5); i++) await rm(`${main.writer.path}.${i}`, { force: true });
+        for (const path of main.writer.allPaths()) await rm(path, { force: true });
         return {};
       }
+      case 'main.attach':
+        return this.attach(session, a);
       case 'logs':
         return this.logs(session, a);
+      case 'port.connect':
+        return this.connectPort(session, a);
       case 'mount': {
         const req = a as MountRequest;
         await mount(req);
@@ -145,7 +156,8 @@ export class Agent implements SessionHost {
         setImmediate(() => void session.flush().then(() => this.afterShutdown()));
         return {};
       default:
-        throw new AgentError('InvalidArgument', `unknown op "${op}"`);
+        // (Agents before the port-connect capability answered InvalidArgument.)
+        throw new AgentError('NotSupported', `unknown op "${op}"`);
     }
   }
 
@@ -166,8 +178,7 @@ export class Agent implements SessionHost {
   }
 
   private async exec(session: Session, req: ExecRequest): Promise<{ pid: number }> {
-    if (!Number.isInteger(req.stream) || req.stream <= 0) throw new AgentError('InvalidArgument', 'exec needs a positive integer stream');
-    if (this.execs.get(session)?.has(req.stream)) throw new AgentError('InvalidArgument', `stream ${req.stream} is in use`);
+    checkStream(session, req.stream, 'exec');
     const p = await prepareProcess(req, req.tty ? { TERM: req.tty.term ?? 'xterm' } : {});
     const handle = req.tty
       ? await startTty(p, req.tty, this.opts.runDir)
@@ -198,7 +209,12 @@ export class Agent implements SessionHost {
   private async startMain(req: Omit<MainStartRequest, 'op'>): Promise<unknown> {
     const existing = this.mains.get(req.id);
     if (existing?.running) throw new AgentError('AlreadyExists', `main process ${req.id} is running`);
-    existing?.writer.close();
+    checkMainSpec(req);
+    if (existing) {
+      // Started again: the last run's log becomes the previous one, as at a restart.
+      if (existing.hasRun) existing.writer.startOver();
+      existing.writer.close();
+    }
     const main = new MainProcess(req, this.opts.logDir, (m) => {
       const s = m.status();
       if (s.exit) this.current?.sendEvent(0, { event: 'main-exit', id: s.id, ...s.exit });
@@ -209,11 +225,66 @@ export class Agent implements SessionHost {
   }
 
   private async logs(session: Session, req: Omit<LogsRequest, 'op'>): Promise<Record<string, never>> {
-    if (!Number.isInteger(req.stream) || req.stream <= 0) throw new AgentError('InvalidArgument', 'logs needs a positive integer stream');
+    checkStream(session, req.stream, 'logs');
     const main = this.main(req.id);
     const stream = logStream(main, req);
     session.register(req.stream, { reset: () => stream.destroy() });
-    void session.pipeOut(req.stream, 1, stream).then(() => session.unregister(req.stream));
+    void session.pipeOut(req.stream, Channel.Stdout, stream).then(() => session.unregister(req.stream));
+    return {};
+  }
+
+  private async attach(session: Session, req: Omit<MainAttachRequest, 'op'>): Promise<MainAttached> {
+    checkStream(session, req.stream, 'main.attach');
+    const attachment = this.main(req.id).attach(req.stdin === true);
+    let live = true;
+    session.register(req.stream, {
+      ...(req.stdin === true ? { stdin: attachment.stdin } : {}),
+      reset: () => {
+        live = false;
+        attachment.detach();
+      },
+    });
+    const outputs = [session.pipeOut(req.stream, Channel.Stdout, attachment.stdout), session.pipeOut(req.stream, Channel.Stderr, attachment.stderr)];
+    void Promise.all([attachment.ended, ...outputs]).then(([exit]) => {
+      if (!live) return;
+      live = false;
+      session.unregister(req.stream);
+      session.sendEvent(req.stream, { event: 'attach-exit', ...exit });
+    });
+    return { pid: attachment.pid, stdin: req.stdin === true && attachment.stdinAttached };
+  }
+
+  private async connectPort(session: Session, req: Omit<PortConnectRequest, 'op'>): Promise<Record<string, never>> {
+    checkStream(session, req.stream, 'port.connect');
+    const { host, port } = checkPortConnect(req.port, req.host);
+    const socket = await connectTcp(host, port);
+    if (!session.attached || session.inUse(req.stream)) {
+      socket.destroy();
+      throw session.attached
+        ? new AgentError('InvalidArgument', `stream ${req.stream} is in use`)
+        : new AgentError('Disconnected', 'the host went away while the connection was made');
+    }
+    socket.setNoDelay(true);
+    this.ports.add(socket);
+    let error: Error | undefined;
+    socket.on('error', (err) => (error ??= err));
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    let live = true;
+    session.register(req.stream, {
+      stdin: socket, // the host's EOF ends our side (a FIN); the guest server's FIN ends stdout
+      reset: () => {
+        live = false;
+        socket.destroy();
+      },
+    });
+    const out = session.pipeOut(req.stream, Channel.Stdout, socket);
+    void closed.then(() => this.ports.delete(socket));
+    void Promise.all([closed, out]).then(() => {
+      if (!live) return;
+      live = false;
+      session.unregister(req.stream);
+      session.sendEvent(req.stream, { event: 'port-closed', ...(error ? { error: error.message } : {}) });
+    });
     return {};
   }
 
@@ -223,6 +294,7 @@ export class Agent implements SessionHost {
     this.log('shutdown requested: stopping main processes');
     await Promise.all([...this.mains.values()].map((m) => m.stop('SIGTERM', graceMs)));
     for (const execs of this.execs.values()) for (const e of execs.values()) e.hangup();
+    for (const socket of this.ports) socket.destroy(new Error('the agent is shutting down'));
     await run('sync', []).catch(() => undefined);
   }
 
@@ -230,6 +302,7 @@ export class Agent implements SessionHost {
   async terminate(): Promise<void> {
     this.shuttingDown = true;
     for (const execs of this.execs.values()) for (const e of execs.values()) e.hangup();
+    for (const socket of this.ports) socket.destroy(new Error('the agent is shutting down'));
     await Promise.all([...this.mains.values()].map((m) => m.stop('SIGTERM', 2000)));
     this.finish();
   }
@@ -241,4 +314,10 @@ export class Agent implements SessionHost {
     }
     this.finish();
   }
+}
+
+/** A stream id the host chose: a positive integer not in use on this session. */
+function checkStream(session: Session, stream: unknown, op: string): void {
+  if (typeof stream !== 'number' || !Number.isInteger(stream) || stream <= 0) throw new AgentError('InvalidArgument', `${op} needs a positive integer stream`);
+  if (session.inUse(stream)) throw new AgentError('InvalidArgument', `stream ${stream} is in use`);
 }

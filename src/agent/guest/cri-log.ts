@@ -2,7 +2,7 @@
 // in the guest and rotated by size. Writes are synchronous, so a reader can take a consistent snapshot
 // (open every file and note its size) and subscribe to new records in one tick: nothing is lost or
 // repeated between what it reads from the files and what it is told afterwards.
-import { closeSync, fstatSync, mkdirSync, openSync, read, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, read, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
@@ -66,18 +66,49 @@ export class CriLogWriter {
 
   /** Opens the files as they are now, oldest first, with their sizes; the reader closes the fds. */
   snapshot(): Snapshot {
-    const files: Snapshot['files'] = [];
-    for (let i = this.maxFiles - 1; i >= 0; i--) {
-      const name = i === 0 ? this.path : `${this.path}.${i}`;
-      let fd: number;
+    return snapshotFiles(this.path, this.maxFiles);
+  }
+
+  /** Where the log of the run before the last restart is kept (with `.1` … for its rotated files). */
+  get previousPath(): string {
+    return `${this.path}.previous`;
+  }
+
+  /** The previous run's log files, as snapshot() does for the current ones; undefined when there is none. */
+  previousSnapshot(): Snapshot | undefined {
+    if (!existsSync(this.previousPath)) return undefined;
+    // Rotated files are numbered without gaps; the previous run may have had another maxFiles.
+    let files = 1;
+    while (existsSync(`${this.previousPath}.${files}`)) files++;
+    return snapshotFiles(this.previousPath, files);
+  }
+
+  /**
+   * A new run begins: the current files (what the last run logged) replace the previous run's, and
+   * logging starts again in an empty file. Followers of the old run have been told it ended.
+   */
+  startOver(): void {
+    this.flush('stdout');
+    this.flush('stderr');
+    closeSync(this.fd);
+    rmSync(this.previousPath, { force: true });
+    for (let i = 1; existsSync(`${this.previousPath}.${i}`); i++) rmSync(`${this.previousPath}.${i}`, { force: true });
+    for (let i = 0; i < this.maxFiles; i++) {
       try {
-        fd = openSync(name, 'r');
-      } catch {
-        continue;
-      }
-      files.push({ fd, size: fstatSync(fd).size });
+        renameSync(i === 0 ? this.path : `${this.path}.${i}`, i === 0 ? this.previousPath : `${this.previousPath}.${i}`);
+      } catch { /* fewer files */ }
     }
-    return { files };
+    this.fd = openSync(this.path, 'a');
+    this.size = 0;
+  }
+
+  /** Every file of this log: current, rotated and previous ones (for removal). */
+  allPaths(): string[] {
+    const out: string[] = [];
+    for (const base of [this.path, this.previousPath]) {
+      for (let i = 0; i < this.maxFiles; i++) out.push(i === 0 ? base : `${base}.${i}`);
+    }
+    return out;
   }
 
   /** Called with every record written from now on (a Buffer of one CRI line, newline included). */
@@ -122,6 +153,22 @@ export class CriLogWriter {
 }
 
 const NEWLINE = Buffer.from('\n');
+
+/** Opens `base`, `base.1` … `base.<maxFiles-1>` as they are now, oldest first, with their sizes. */
+function snapshotFiles(base: string, maxFiles: number): Snapshot {
+  const files: Snapshot['files'] = [];
+  for (let i = maxFiles - 1; i >= 0; i--) {
+    const name = i === 0 ? base : `${base}.${i}`;
+    let fd: number;
+    try {
+      fd = openSync(name, 'r');
+    } catch {
+      continue;
+    }
+    files.push({ fd, size: fstatSync(fd).size });
+  }
+  return { files };
+}
 
 export interface CriRecord {
   time: string;

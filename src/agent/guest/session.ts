@@ -75,6 +75,11 @@ export class Session {
     return new Promise((resolve) => this.link.write(Buffer.alloc(0), () => resolve()));
   }
 
+  /** A stream registered (an exec, attach, log or connection not over yet). */
+  inUse(stream: number): boolean {
+    return this.streams.has(stream);
+  }
+
   register(stream: number, hooks: StreamHooks): void {
     if (this.streams.has(stream)) throw new AgentError('InvalidArgument', `stream ${stream} is in use`);
     this.streams.set(stream, hooks);
@@ -226,6 +231,11 @@ class OutChannel {
       this.maybeFinish();
     });
     source.on('error', () => {
+      this.ended = true;
+      this.maybeFinish();
+    });
+    // Destroyed without an end or an error (a socket the agent closed): nothing more will come.
+    source.on('close', () => {
       this.ended = true;
       this.maybeFinish();
     });

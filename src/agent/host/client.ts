@@ -1,21 +1,23 @@
 // AgentClient: the host side of the agent protocol over any Duplex (QEMU's unix socket for the
-// virtio-serial port, a unix socket, a TLS connection). Requests are promises; exec and logs are Node
-// streams with the protocol's credit-based flow control behind them, so a consumer that stops reading
-// stops the process's output in the guest rather than filling memory on either side.
+// virtio-serial port, a unix socket, a TLS connection). Requests are promises; exec, attach, logs and
+// port connections are Node streams with the protocol's credit-based flow control behind them, so a
+// consumer that stops reading stops the process's output (or the guest socket) rather than filling
+// memory on either side.
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { Readable, Writable, type Duplex } from 'node:stream';
+import { Duplex, Readable, Writable } from 'node:stream';
 import { AgentError } from '../protocol/errors.ts';
 import {
   encodeFrame, encodeHeader, encodeHello, encodeJson, encodeWindow, FrameParser, FrameType, MAX_PAYLOAD, type Frame,
 } from '../protocol/frames.ts';
 import {
   Channel, INITIAL_WINDOW, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type AgentEvent, type AgentHello, type AgentInfo,
-  type AgentStats, type ExitInfo, type LogOptions, type MainStatus, type OpName, type Ops, type ProcessSpec, type Response,
+  type AgentStats, type AttachExit, type ExitInfo, type LogOptions, type MainStatus, type OpName, type Ops, type ProcessSpec,
+  type Response,
 } from '../protocol/messages.ts';
 
 export { AgentError } from '../protocol/errors.ts';
-export type { AgentErrorReason, AgentInfo, AgentStats, ExitInfo, MainStatus } from '../protocol/messages.ts';
+export type { AgentErrorReason, AgentInfo, AgentStats, AttachExit, ExitInfo, MainStatus } from '../protocol/messages.ts';
 
 export interface ConnectOptions {
   /** The whole handshake, default 10 s. */
@@ -40,13 +42,36 @@ export interface ExecOptions extends ProcessSpec {
 export interface MainStartOptions extends ProcessSpec {
   id: string;
   log?: LogOptions;
+  /** Keep the process's stdin open for attachMain({ stdin: true }) (else /dev/null). Needs capability `main.stdin`. */
+  stdin?: boolean;
+  /** With stdin: its stdin closes when the first attach with stdin ends or detaches (Kubernetes' stdinOnce). */
+  stdinOnce?: boolean;
 }
 
 export interface LogsOptions {
+  /** Keep streaming new lines until the run ends (not with `previous`). */
   follow?: boolean;
   tailLines?: number;
   sinceTime?: Date | string;
   timestamps?: boolean;
+  /** The log of the run before the last restart; NotFound when there was none. Capability `logs.previous`. */
+  previous?: boolean;
+  /** End after this many bytes (cut at the byte), following or not. Capability `logs.limit-bytes`. */
+  limitBytes?: number;
+  /** Only the lines the process wrote to this stream. Capability `logs.stream`. */
+  stream?: 'stdout' | 'stderr';
+}
+
+export interface AttachOptions {
+  /** Pass a Writable's bytes to the process's stdin (it must have been started with stdin to get them). */
+  stdin?: boolean;
+}
+
+export interface PortConnectOptions {
+  /** The guest loopback address: "127.0.0.1" (default) or "::1". */
+  host?: '127.0.0.1' | '::1';
+  /** Default 60 s (the agent itself gives up on a connect after 20 s). */
+  timeoutMs?: number;
 }
 
 export interface RequestOptions {
@@ -66,10 +91,22 @@ export interface ExecProcess {
   stderr: Readable | null;
   /** Resolves after stdout and stderr have ended; rejects with Disconnected if the agent goes away. */
   exited: Promise<ExitInfo>;
-  signal(signal: string): Promise<void>;
-  resize(rows: number, cols: number): Promise<void>;
+  // Function-valued properties, not methods: they do not use `this`, so passing them on alone is fine.
+  signal: (signal: string) => Promise<void>;
+  resize: (rows: number, cols: number) => Promise<void>;
   /** Abandons the exec: the agent hangs it up (SIGHUP) and sends nothing more. */
-  close(): void;
+  close: () => void;
+}
+
+/**
+ * An attach to a main process: the same shape as an exec. `exited` resolves with the process's exit (after
+ * stdout and stderr ended) and rejects when close() detaches first; signal() and resize() reject with
+ * NotSupported (a main process has no tty).
+ */
+export interface AttachedProcess extends Omit<ExecProcess, 'exited'> {
+  exited: Promise<AttachExit>;
+  /** False when stdin was asked for but does not reach the process (started without stdin, or stdinOnce closed it); writes are then discarded. */
+  stdinAttached: boolean;
 }
 
 interface Pending {
@@ -79,10 +116,28 @@ interface Pending {
   op: string;
 }
 
+/** An incoming data channel of a stream, as the client feeds it. */
+interface Inbound {
+  receive(data: Buffer): void;
+  /** EOF came (or the host abandoned the stream). */
+  eof(): void;
+  readonly eofSeen: boolean;
+  destroy(err?: Error): void;
+}
+
+/** An outgoing (stdin) data channel: told of the agent's credit. */
+interface Outbound {
+  grant(bytes: number): void;
+  destroy(err?: Error): void;
+}
+
 interface StreamState {
-  out: Map<number, InStream>;
-  stdin?: OutStream;
-  exit?: { resolve(e: ExitInfo): void; reject(e: Error): void };
+  kind: 'exec' | 'attach' | 'logs' | 'port';
+  out: Map<number, Inbound>;
+  stdin?: Outbound;
+  exit?: { resolve(e: AttachExit): void; reject(e: Error): void };
+  /** A port connection: the agent's port-closed. */
+  closed?(error: string | undefined): void;
 }
 
 /**
@@ -182,7 +237,7 @@ export class AgentClient extends EventEmitter {
 
   async exec(opts: ExecOptions): Promise<ExecProcess> {
     const stream = this.nextId++;
-    const state: StreamState = { out: new Map() };
+    const state: StreamState = { kind: 'exec', out: new Map() };
     const stdout = new InStream(this, stream, Channel.Stdout);
     state.out.set(Channel.Stdout, stdout);
     const stderr = opts.tty ? null : new InStream(this, stream, Channel.Stderr);
@@ -218,8 +273,66 @@ export class AgentClient extends EventEmitter {
     return { ...exit, stdout: stdout.toString('utf8'), stderr: stderr.toString('utf8') };
   }
 
-  startMain(opts: MainStartOptions): Promise<MainStatus> {
+  async startMain(opts: MainStartOptions): Promise<MainStatus> {
+    if (opts.stdin) this.need('main.stdin', 'start a main process with stdin');
     return this.request('main.start', opts);
+  }
+
+  /**
+   * Attaches to a running main process (`kubectl attach`): its output from now on, raw, on stdout and
+   * stderr, and with `stdin` a Writable to its stdin. Several attaches may run at once; one that reads
+   * too slowly loses output (counted in `droppedBytes` of the exit) rather than holding the process up.
+   */
+  async attachMain(id: string, opts: AttachOptions = {}): Promise<AttachedProcess> {
+    this.need('attach', 'attach to main processes');
+    const stream = this.nextId++;
+    const state: StreamState = { kind: 'attach', out: new Map() };
+    const stdout = new InStream(this, stream, Channel.Stdout);
+    const stderr = new InStream(this, stream, Channel.Stderr);
+    state.out.set(Channel.Stdout, stdout).set(Channel.Stderr, stderr);
+    const stdin = opts.stdin ? new OutStream(this, stream) : null;
+    if (stdin) state.stdin = stdin;
+    const exited = new Promise<AttachExit>((resolve, reject) => (state.exit = { resolve, reject }));
+    exited.catch(() => {});
+    this.streams.set(stream, state);
+    let attached: Ops['main.attach']['res'];
+    try {
+      attached = await this.request('main.attach', { id, stream, stdin: stdin !== null });
+    } catch (err) {
+      this.streams.delete(stream);
+      throw err;
+    }
+    const notSupported = (what: string) => () => Promise.reject(new AgentError('NotSupported', `${what} is not supported for an attach to a main process`));
+    return {
+      pid: attached.pid,
+      stdin, stdout, stderr, exited,
+      stdinAttached: attached.stdin,
+      signal: notSupported('a signal'),
+      resize: notSupported('resize (there is no tty)'),
+      close: () => this.resetStream(stream),
+    };
+  }
+
+  /**
+   * A TCP connection to `port` on the guest's loopback (`kubectl port-forward`), once it is connected; a
+   * refused one rejects with ConnectFailed ("connect ECONNREFUSED 127.0.0.1:8080"). Writing sends, end()
+   * half-closes (the guest socket gets a FIN), the readable side ends when the guest server ends its side,
+   * and destroy() resets the connection. A connection that breaks in the guest destroys the stream with a
+   * ConnectFailed error.
+   */
+  async connectPort(port: number, opts: PortConnectOptions = {}): Promise<Duplex> {
+    this.need('port-connect', 'connect to ports in the guest');
+    const stream = this.nextId++;
+    const host = opts.host ?? '127.0.0.1';
+    const duplex = new PortStream(this, stream, host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`);
+    this.streams.set(stream, { kind: 'port', out: new Map([[Channel.Stdout, duplex]]), stdin: duplex, closed: (e) => duplex.agentClosed(e) });
+    try {
+      await this.request('port.connect', { stream, port, ...(opts.host ? { host: opts.host } : {}) }, opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {});
+    } catch (err) {
+      this.streams.delete(stream);
+      throw err;
+    }
+    return duplex;
   }
 
   /** SIGTERM (or `signal`), SIGKILL after graceMs (default 10 s); resolves with the exited status. */
@@ -245,15 +358,24 @@ export class AgentClient extends EventEmitter {
 
   /** A main process's log as `kubectl logs` shows it. Destroying the stream stops a follow. */
   async logs(id: string, opts: LogsOptions = {}): Promise<Readable> {
+    // An older agent would ignore these fields and send the wrong log, or all of it.
+    if (opts.previous) this.need('logs.previous', 'return the log of a previous run');
+    if (opts.limitBytes !== undefined) this.need('logs.limit-bytes', 'limit a log by bytes');
+    if (opts.stream !== undefined) this.need('logs.stream', 'return one output stream of a log');
     const stream = this.nextId++;
     const out = new InStream(this, stream, Channel.Stdout);
-    this.streams.set(stream, { out: new Map([[Channel.Stdout, out]]) });
+    this.streams.set(stream, { kind: 'logs', out: new Map([[Channel.Stdout, out]]) });
     out.once('close', () => {
       if (!out.readableEnded) this.resetStream(stream);
     });
     const sinceTime = opts.sinceTime instanceof Date ? opts.sinceTime.toISOString() : opts.sinceTime;
     try {
-      await this.request('logs', { id, stream, follow: opts.follow, tailLines: opts.tailLines, sinceTime, timestamps: opts.timestamps });
+      await this.request('logs', {
+        id, stream, follow: opts.follow, tailLines: opts.tailLines, sinceTime, timestamps: opts.timestamps,
+        ...(opts.previous ? { previous: true } : {}),
+        ...(opts.limitBytes !== undefined ? { limitBytes: opts.limitBytes } : {}),
+        ...(opts.stream !== undefined ? { outputStream: opts.stream } : {}),
+      });
     } catch (err) {
       this.streams.delete(stream);
       throw err;
@@ -297,8 +419,15 @@ export class AgentClient extends EventEmitter {
     if (!state) return;
     this.streams.delete(stream);
     this.send(encodeFrame(FrameType.Reset, stream));
-    for (const s of state.out.values()) s.end();
-    state.exit?.reject(new AgentError('Disconnected', 'the exec was closed by the host'));
+    for (const s of state.out.values()) s.eof();
+    state.exit?.reject(new AgentError('Disconnected', `the ${state.kind} was closed by the host`));
+  }
+
+  /** What an older agent lacks is NotSupported here, rather than its InvalidArgument or a silently ignored field. */
+  private need(capability: string, what: string): void {
+    if (!this.hello.capabilities.includes(capability)) {
+      throw new AgentError('NotSupported', `the agent (vmlet-agent ${this.hello.agentVersion}) cannot ${what}: it lacks the capability "${capability}"`);
+    }
   }
 
   request<O extends OpName>(op: O, args: Ops[O]['req'], opts: RequestOptions = {}): Promise<Ops[O]['res']> {
@@ -328,7 +457,7 @@ export class AgentClient extends EventEmitter {
     this.pending.clear();
     for (const state of this.streams.values()) {
       // Only what was cut short is an error; an ended stream may still hold data nobody has read yet.
-      for (const s of state.out.values()) if (!s.ended) s.destroy(err);
+      for (const s of state.out.values()) if (!s.eofSeen) s.destroy(err);
       state.stdin?.destroy(err);
       state.exit?.reject(err);
     }
@@ -361,9 +490,9 @@ export class AgentClient extends EventEmitter {
         const state = this.streams.get(frame.stream);
         const s = state?.out.get(frame.flags);
         if (!state || !s) break;
-        s.end();
+        s.eof();
         // A logs stream has no exit to wait for: EOF is its end.
-        if (!state.exit && [...state.out.values()].every((o) => o.ended)) this.streams.delete(frame.stream);
+        if (state.kind === 'logs') this.streams.delete(frame.stream);
         break;
       }
       case FrameType.Window:
@@ -380,10 +509,15 @@ export class AgentClient extends EventEmitter {
         } catch {
           return;
         }
-        if (event.event === 'exec-exit') {
+        if (event.event === 'exec-exit' || event.event === 'attach-exit') {
           const state = this.streams.get(frame.stream);
           this.streams.delete(frame.stream);
-          state?.exit?.resolve({ exitCode: event.exitCode, signal: event.signal });
+          const { event: _, ...exit } = event;
+          state?.exit?.resolve(exit);
+        } else if (event.event === 'port-closed') {
+          const state = this.streams.get(frame.stream);
+          this.streams.delete(frame.stream);
+          state?.closed?.(event.error);
         } else if (event.event === 'main-exit') this.emit('main-exit', event);
         break;
       }
@@ -394,29 +528,126 @@ export class AgentClient extends EventEmitter {
 }
 
 /** An output channel of a stream (stdout, stderr, logs): grants credit as the consumer reads. */
-class InStream extends Readable {
-  private owed = 0;
+class InStream extends Readable implements Inbound {
+  private readonly credit: CreditReturn;
 
-  constructor(private readonly client: AgentClient, private readonly stream: number, private readonly channel: number) {
+  constructor(client: AgentClient, stream: number, channel: number) {
     super({ highWaterMark: 256 * 1024 });
+    this.credit = new CreditReturn(client, stream, channel);
   }
 
-  /** EOF came (or the host abandoned the stream). */
-  ended = false;
+  eofSeen = false;
 
-  end(): void {
-    if (this.ended) return;
-    this.ended = true;
+  eof(): void {
+    if (this.eofSeen) return;
+    this.eofSeen = true;
     if (!this.destroyed) this.push(null);
   }
 
   receive(data: Buffer): void {
-    if (this.destroyed || this.ended) return;
-    this.owed += data.length;
-    if (this.push(data) && this.owed >= INITIAL_WINDOW / 4) this.grant();
+    if (this.destroyed || this.eofSeen) return;
+    this.credit.received(data.length, this.push(data));
   }
 
   override _read(): void {
+    this.credit.read();
+  }
+}
+
+/** The stdin of an exec or attach: DATA within the agent's credit, EOF on end(). */
+class OutStream extends Writable implements Outbound {
+  private readonly sender: CreditSender;
+
+  constructor(client: AgentClient, stream: number) {
+    super({ highWaterMark: 64 * 1024 });
+    this.sender = new CreditSender(client, stream);
+  }
+
+  grant(bytes: number): void {
+    this.sender.grant(bytes);
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    this.sender.write(chunk, done);
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    this.sender.eof();
+    done();
+  }
+}
+
+/** A port.connect stream: writes go out on stdin, stdout comes in, each with its credit. */
+class PortStream extends Duplex implements Inbound, Outbound {
+  private readonly sender: CreditSender;
+  private readonly credit: CreditReturn;
+  /** The agent said port-closed: the stream is over there, nothing to reset. */
+  private over = false;
+  eofSeen = false;
+
+  constructor(private readonly client: AgentClient, private readonly stream: number, private readonly where: string) {
+    super({ readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024, allowHalfOpen: true });
+    this.sender = new CreditSender(client, stream);
+    this.credit = new CreditReturn(client, stream, Channel.Stdout);
+  }
+
+  receive(data: Buffer): void {
+    if (this.destroyed || this.eofSeen) return;
+    this.credit.received(data.length, this.push(data));
+  }
+
+  eof(): void {
+    if (this.eofSeen) return;
+    this.eofSeen = true;
+    if (!this.destroyed) this.push(null);
+  }
+
+  grant(bytes: number): void {
+    this.sender.grant(bytes);
+  }
+
+  agentClosed(error: string | undefined): void {
+    this.over = true;
+    this.sender.close();
+    if (error !== undefined) this.destroy(new AgentError('ConnectFailed', `the connection to ${this.where} in the guest broke: ${error}`));
+  }
+
+  override _read(): void {
+    this.credit.read();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    this.sender.write(chunk, done);
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    this.sender.eof();
+    done();
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    // Both directions ended cleanly: the agent closes the socket itself and says port-closed; a reset now
+    // could cut off bytes the guest socket still has to write. Otherwise the connection is abandoned.
+    const clean = !err && this.eofSeen && this.writableFinished;
+    if (!this.over && !clean) this.client.resetStream(this.stream);
+    done(err);
+  }
+}
+
+/** The receiving side's credit: handed back to the agent as the consumer takes data (batched). */
+class CreditReturn {
+  private owed = 0;
+
+  constructor(private readonly client: AgentClient, private readonly stream: number, private readonly channel: number) {}
+
+  /** `bytes` arrived; `wantMore` is what push() said (false: the consumer is behind, hold the credit). */
+  received(bytes: number, wantMore: boolean): void {
+    this.owed += bytes;
+    if (wantMore && this.owed >= INITIAL_WINDOW / 4) this.grant();
+  }
+
+  /** The consumer wants more. */
+  read(): void {
     if (this.owed > 0) this.grant();
   }
 
@@ -426,25 +657,28 @@ class InStream extends Readable {
   }
 }
 
-/** The stdin of an exec: DATA within the agent's credit, EOF on end(). */
-class OutStream extends Writable {
+/** The sending side of a stdin channel: DATA frames within the agent's credit. */
+class CreditSender {
   private credit = INITIAL_WINDOW;
   private waiting: (() => void) | undefined;
+  private closed = false;
 
-  constructor(private readonly client: AgentClient, private readonly stream: number) {
-    super({ highWaterMark: 64 * 1024 });
-  }
+  constructor(private readonly client: AgentClient, private readonly stream: number) {}
 
   grant(bytes: number): void {
     this.credit += bytes;
-    const w = this.waiting;
-    this.waiting = undefined;
-    w?.();
+    this.wake();
   }
 
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+  /** The stream is over at the agent: what is still written is dropped. */
+  close(): void {
+    this.closed = true;
+    this.wake();
+  }
+
+  write(chunk: Buffer, done: (err?: Error | null) => void): void {
     const sendSome = (at: number): void => {
-      while (at < chunk.length) {
+      while (at < chunk.length && !this.closed) {
         if (this.credit <= 0) {
           this.waiting = () => sendSome(at);
           return;
@@ -459,9 +693,14 @@ class OutStream extends Writable {
     sendSome(0);
   }
 
-  override _final(done: (err?: Error | null) => void): void {
-    this.client.send(encodeFrame(FrameType.Eof, this.stream, undefined, Channel.Stdin));
-    done();
+  eof(): void {
+    if (!this.closed) this.client.send(encodeFrame(FrameType.Eof, this.stream, undefined, Channel.Stdin));
+  }
+
+  private wake(): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.();
   }
 }
 

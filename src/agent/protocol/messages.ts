@@ -45,8 +45,9 @@ export type AgentErrorReason =
   | 'NotFound' // no such main process, user, group, file
   | 'AlreadyExists' // a main process with that id runs already
   | 'StartFailed' // the command could not be started (no such executable, permission denied, bad cwd)
-  | 'NotSupported' // the guest lacks what this needs (a file system type, a tty helper)
+  | 'NotSupported' // the guest lacks what this needs (a file system type, a tty helper), or the agent the op or capability
   | 'MountFailed'
+  | 'ConnectFailed' // port.connect: the TCP connection in the guest was refused, timed out or broke
   | 'Unavailable' // the agent is shutting down
   | 'VersionMismatch'
   | 'Timeout' // the host gave up waiting
@@ -109,6 +110,43 @@ export interface MainStartRequest extends ProcessSpec {
   /** The container's name; one main process per id. */
   id: string;
   log?: LogOptions;
+  /** Keep a pipe to the process's stdin open for `main.attach` (else it gets /dev/null). Capability `main.stdin`. */
+  stdin?: boolean;
+  /** With stdin: close the process's stdin when the first attach with stdin ends (Kubernetes' stdinOnce). */
+  stdinOnce?: boolean;
+  /** Not supported for main processes: refused with NotSupported. */
+  tty?: unknown;
+}
+
+/** `main.attach`: the live output of a running main process on a stream, and the stream's stdin to it. */
+export interface MainAttachRequest {
+  op: 'main.attach';
+  id: string;
+  stream: number;
+  /** Pass the stream's stdin channel to the process (when it was started with stdin). */
+  stdin: boolean;
+}
+
+export interface MainAttached {
+  pid: number;
+  /** Whether the stream's stdin reaches the process: false when it was started without stdin, or its stdin was closed (stdinOnce). Data sent anyway is discarded. */
+  stdin: boolean;
+}
+
+/** An attach's end, as the EVENT `attach-exit` on its stream, after the EOFs of its output channels. */
+export interface AttachExit extends ExitInfo {
+  /** Output bytes this attacher missed because it fell more than 1 MiB behind (absent when none). */
+  droppedBytes?: number;
+}
+
+/** `port.connect`: a TCP connection from the guest to its own loopback. */
+export interface PortConnectRequest {
+  op: 'port.connect';
+  /** Host → guest bytes on the stream's stdin channel, guest → host on stdout. */
+  stream: number;
+  port: number;
+  /** "127.0.0.1" (the default) or "::1"; other hosts are refused. */
+  host?: string;
 }
 
 export type MainState = 'running' | 'exited';
@@ -137,6 +175,15 @@ export interface LogsRequest {
   sinceTime?: string;
   /** Prefix each line with its RFC 3339 time, as `kubectl logs --timestamps` does. */
   timestamps?: boolean;
+  /** The log of the run before the last restart (not followed). Capability `logs.previous`. */
+  previous?: boolean;
+  /** End the stream after this many bytes of output (cut at the byte). Capability `logs.limit-bytes`. */
+  limitBytes?: number;
+  /**
+   * Only the lines of this output stream (Kubernetes' `stream` log option; here `stream` is the data
+   * stream's id). Capability `logs.stream`.
+   */
+  outputStream?: 'stdout' | 'stderr';
 }
 
 export interface MountRequest {
@@ -192,6 +239,8 @@ export interface Ops {
   'main.status': { req: { id: string }; res: MainStatus };
   'main.list': { req: Record<string, never>; res: MainStatus[] };
   'main.remove': { req: { id: string }; res: Record<string, never> };
+  'main.attach': { req: Omit<MainAttachRequest, 'op'>; res: MainAttached };
+  'port.connect': { req: Omit<PortConnectRequest, 'op'>; res: Record<string, never> };
   logs: { req: Omit<LogsRequest, 'op'>; res: Record<string, never> };
   mount: { req: Omit<MountRequest, 'op'>; res: Record<string, never> };
   'set-hostname': { req: { hostname: string }; res: Record<string, never> };
@@ -201,6 +250,9 @@ export type OpName = keyof Ops;
 
 export type AgentEvent =
   | ({ event: 'exec-exit' } & ExitInfo)
+  | ({ event: 'attach-exit' } & AttachExit)
+  /** A port.connect stream is over (the guest's socket closed), after the EOF of its stdout; `error` when it broke. */
+  | { event: 'port-closed'; error?: string }
   | ({ event: 'main-exit'; id: string; finishedAt: string } & ExitInfo);
 
 export const SIGNALS: Record<string, number> = {

@@ -148,11 +148,12 @@ test('a main process can be stopped (SIGTERM, then SIGKILL after the grace perio
   assert.deepEqual([stopped.state, stopped.exit?.signal], ['exited', 'SIGKILL']);
   const restarted = await client.restartMain('stubborn', { graceMs: 300 });
   assert.deepEqual([restarted.state, restarted.restarts], ['running', 1]);
-  // One log across runs: the second run's line follows the first's.
-  await waitFor('two "up" lines', async () => {
+  // A log per run, as the kubelet keeps it: the restarted run's own, and the one before as `previous`.
+  await waitFor('the second run\'s "up"', async () => {
     const text = (await collect(await client.logs('stubborn'))).toString();
-    return text === 'up\nup\n' ? true : undefined;
+    return text === 'up\n' ? true : undefined;
   }, { timeoutMs: 10_000, intervalMs: 50 });
+  assert.equal((await collect(await client.logs('stubborn', { previous: true }))).toString(), 'up\n');
   assert.equal((await client.stopMain('stubborn', { signal: 'SIGKILL' })).exit?.exitCode, 137);
   await assert.rejects(client.mainStatus('nope'), { reason: 'NotFound', message: 'no main process "nope"' });
 });
