@@ -9,12 +9,17 @@
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { MainExitEvent } from '../agent/host/client.ts';
+import type { Duplex, Readable } from 'node:stream';
+import { consoleLog } from './pod/console-log.ts';
+import { AgentError, type MainExitEvent } from '../agent/host/client.ts';
 import type { Hypervisor, ShareSpec } from '../drivers/hypervisor.ts';
 import { pullImage } from '../images/pull.ts';
 import type { RegistryClient } from '../images/registry/client.ts';
 import type { CredentialStore, PullSecret } from '../images/registry/credentials.ts';
 import type { ImageStore, StoredImage } from '../images/store/image-store.ts';
+import {
+  KubeletError, type ContainerLogOptions, type KubeletProvider, type PodUsage, type StreamedProcess, type StreamOptions,
+} from '../kubelet/provider.ts';
 import type { Logger } from '../observability/log.ts';
 import { resolveEnv, type EnvFacts, type EnvLookups } from './pod/env.ts';
 import { volumeContent } from './pod/volumes.ts';
@@ -51,6 +56,8 @@ export interface PodRuntimeOptions {
 interface PodRecord {
   pod: V1Pod;
   state: PodRuntimeState;
+  /** The container's resolved environment, which `kubectl exec` processes get too (as with runc exec). */
+  env?: Record<string, string>;
   instance?: VmInstance;
   /** Set while sync() works on it. */
   busy?: Promise<void>;
@@ -82,7 +89,7 @@ interface PodMeta {
 
 const POD_META = 'pod.json';
 
-export class PodRuntime {
+export class PodRuntime implements KubeletProvider {
   private readonly pods = new Map<string, PodRecord>();
   /** UIDs waiting for a VM slot, first come first served. */
   private readonly queue: string[] = [];
@@ -149,6 +156,7 @@ export class PodRuntime {
       const sized = [r?.limits, r?.requests].some((q) => q?.cpu !== undefined || q?.memory !== undefined);
       const size = sized ? vmSize(container, o.defaults) : undefined;
       const env = await resolveEnv(pod, container, o.lookups, { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, ...(size ? { vm: size } : {}) });
+      rec.env = env;
       const volumes = await this.prepareVolumes(pod, container, { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP });
       image = await this.pull(rec, container);
       const sizeText = size ? `${size.cpus} vCPU, ${size.memoryMiB} MiB` : "the image's CPUs and memory";
@@ -178,7 +186,10 @@ export class PodRuntime {
       }
       const argv = [...(container.command ?? []), ...(container.args ?? [])];
       if (argv.length > 0) {
-        await instance.agent.startMain({ id: container.name, argv, env, ...(container.workingDir ? { cwd: container.workingDir } : {}) });
+        await instance.agent.startMain({
+          id: container.name, argv, env, ...(container.workingDir ? { cwd: container.workingDir } : {}),
+          ...(container.stdin ? { stdin: true, stdinOnce: Boolean(container.stdinOnce) } : {}),
+        });
       }
       const now = new Date();
       rec.state = {
@@ -425,6 +436,115 @@ export class PodRuntime {
     }));
   }
 
+  // ----- the kubelet API's view (KubeletProvider): exec, attach, logs, port-forward, usage -----
+
+  getPod(namespace: string, name: string): V1Pod | undefined {
+    for (const r of this.pods.values()) if (r.pod.metadata?.namespace === namespace && r.pod.metadata?.name === name) return r.pod;
+    return undefined;
+  }
+
+  listPods(): V1Pod[] {
+    return [...this.pods.values()].map((r) => r.pod);
+  }
+
+  runningPods(): V1Pod[] {
+    return [...this.pods.values()].filter((r) => r.instance).map((r) => r.pod);
+  }
+
+  async exec(pod: V1Pod, container: string, command: string[], opts: StreamOptions): Promise<StreamedProcess> {
+    const { rec, instance } = this.running(pod, container);
+    if (command.length === 0) throw new KubeletError(400, 'BadRequest', 'you must specify a command to run');
+    const c = rec.pod.spec!.containers[0]!;
+    const p = await instance.agent.exec({
+      argv: command, stdin: opts.stdin, ...(rec.env ? { env: rec.env } : {}), ...(c.workingDir ? { cwd: c.workingDir } : {}),
+      ...(opts.tty ? { tty: { rows: opts.size?.rows ?? 24, cols: opts.size?.cols ?? 80 } } : {}),
+    }).catch((err: unknown) => {
+      throw agentToKubelet(err, `exec of ${JSON.stringify(command[0])} in container "${container}"`);
+    });
+    return { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, exited: p.exited, resize: p.resize, close: p.close };
+  }
+
+  async attach(pod: V1Pod, container: string, opts: StreamOptions): Promise<StreamedProcess> {
+    const { rec, instance } = this.running(pod, container);
+    const c = rec.pod.spec!.containers[0]!;
+    if (!c.command?.length && !c.args?.length) {
+      throw new KubeletError(400, 'BadRequest', `container "${container}" has no command: the VM itself is the container, there is no process to attach to (use kubectl exec)`);
+    }
+    if (opts.stdin && !c.stdin) throw new KubeletError(400, 'BadRequest', `container "${container}" was not started with stdin: true, so its stdin cannot be attached`);
+    const p = await instance.agent.attachMain(container, { stdin: opts.stdin }).catch((err: unknown) => {
+      throw agentToKubelet(err, `attach to container "${container}"`);
+    });
+    return { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, exited: p.exited, resize: p.resize, close: p.close };
+  }
+
+  async logs(pod: V1Pod, container: string, opts: ContainerLogOptions): Promise<Readable> {
+    const rec = this.record(pod, container);
+    const where = `container "${container}" in pod "${pod.metadata!.name}"`;
+    const instance = rec.instance;
+    if (!instance) {
+      const s = rec.state.container.state;
+      const why = s.kind === 'waiting' ? `is waiting to start: ${s.reason}` : 'has no running VM: its logs lived in the VM';
+      throw new KubeletError(400, 'BadRequest', `${where} ${why}`);
+    }
+    const c = rec.pod.spec!.containers[0]!;
+    if (!c.command?.length && !c.args?.length) return consoleLog(instance.vm.consoleLog, opts);
+    return instance.agent.logs(container, {
+      ...(opts.follow ? { follow: true } : {}), ...(opts.tailLines !== undefined ? { tailLines: opts.tailLines } : {}),
+      ...(opts.sinceTime ? { sinceTime: opts.sinceTime } : {}), ...(opts.timestamps ? { timestamps: true } : {}),
+      ...(opts.limitBytes !== undefined ? { limitBytes: opts.limitBytes } : {}), ...(opts.previous ? { previous: true } : {}),
+      ...(opts.stream && opts.stream !== 'All' ? { stream: opts.stream === 'Stdout' ? 'stdout' as const : 'stderr' as const } : {}),
+    }).catch((err: unknown) => {
+      if (opts.previous && err instanceof AgentError && err.reason === 'NotFound') {
+        throw new KubeletError(400, 'BadRequest', `previous terminated container "${container}" in pod "${pod.metadata!.name}" not found`);
+      }
+      throw agentToKubelet(err, `logs of ${where}`);
+    });
+  }
+
+  async portForward(pod: V1Pod, port: number): Promise<Duplex> {
+    const rec = this.record(pod);
+    if (!rec.instance) throw new KubeletError(400, 'BadRequest', `pod "${pod.metadata!.name}" has no running VM to forward port ${port} to`);
+    return rec.instance.agent.connectPort(port).catch((err: unknown) => {
+      throw agentToKubelet(err, `connecting to port ${port} in the VM`);
+    });
+  }
+
+  async usage(pod: V1Pod): Promise<PodUsage | undefined> {
+    const instance = this.pods.get(pod.metadata?.uid ?? '')?.instance;
+    if (!instance) return undefined;
+    const s = await instance.agent.stats({ timeoutMs: 5000 }).catch(() => undefined);
+    if (!s) return undefined;
+    const root = s.filesystems.find((f) => f.path === '/');
+    return {
+      timestamp: new Date(s.timestamp),
+      cpuUsageCoreNanoSeconds: Math.round(s.cpu.usageSeconds * 1e9),
+      memoryWorkingSetBytes: s.memory.workingSetBytes,
+      memoryAvailableBytes: s.memory.availableBytes,
+      memoryUsageBytes: s.memory.totalBytes - s.memory.freeBytes,
+      ...(root ? { fs: { capacityBytes: root.capacityBytes, availableBytes: root.availableBytes, usedBytes: root.usedBytes, inodes: root.inodes, inodesFree: root.inodesFree } } : {}),
+    };
+  }
+
+  /** The pod's record, and the container named as the pod's (VM pods have one). */
+  private record(pod: V1Pod, container?: string): PodRecord {
+    const rec = this.pods.get(pod.metadata?.uid ?? '');
+    if (!rec) throw new KubeletError(404, 'NotFound', `pod "${pod.metadata?.namespace}/${pod.metadata?.name}" is not running on this node`);
+    if (container !== undefined && rec.pod.spec?.containers[0]?.name !== container) {
+      throw new KubeletError(404, 'NotFound', `container "${container}" not found in pod "${pod.metadata?.namespace}/${pod.metadata?.name}"`);
+    }
+    return rec;
+  }
+
+  private running(pod: V1Pod, container: string): { rec: PodRecord; instance: VmInstance } {
+    const rec = this.record(pod, container);
+    if (!rec.instance || rec.removing) {
+      const s = rec.state.container.state;
+      const why = s.kind === 'waiting' ? `is waiting to start: ${s.reason}` : 'is not running';
+      throw new KubeletError(400, 'BadRequest', `container "${container}" in pod "${pod.metadata!.name}" ${why}`);
+    }
+    return { rec, instance: rec.instance };
+  }
+
   private initialState(pod: V1Pod): PodRuntimeState {
     const c = pod.spec?.containers?.[0];
     return {
@@ -448,4 +568,15 @@ export class PodRuntime {
     this.o.event(rec.pod, 'Warning', reason, message);
     this.o.changed(rec.pod.metadata!.uid!);
   }
+}
+
+/** An agent failure as the kubelet API answers it: the agent's reason kept in the message. */
+function agentToKubelet(err: unknown, what: string): KubeletError {
+  if (err instanceof KubeletError) return err;
+  if (err instanceof AgentError) {
+    const status = err.reason === 'NotFound' ? 404 : err.reason === 'InvalidArgument' || err.reason === 'StartFailed' ? 400 : err.reason === 'NotSupported' ? 501 : 500;
+    const reason = status === 404 ? 'NotFound' : status === 400 ? 'BadRequest' : status === 501 ? 'NotImplemented' : 'InternalError';
+    return new KubeletError(status, reason, `${what}: ${err.message}`);
+  }
+  return new KubeletError(500, 'InternalError', `${what}: ${(err as Error).message}`);
 }

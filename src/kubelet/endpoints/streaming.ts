@@ -1,0 +1,141 @@
+// /exec, /attach, /portForward and /run: the kubelet's streaming endpoints, which the API server proxies
+// `kubectl exec/attach/port-forward` to. SPDY/3.1 upgrades (what the API server sends) and WebSocket
+// upgrades (direct clients; API servers with ExtendWebSocketsToKubelet) end in the same session code.
+import type { V1Pod } from '@kubernetes/client-node';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../../observability/log.ts';
+import type { KubeletServer } from '../server.ts';
+import { serveContainerLogs } from './logs.ts';
+import { KubeletError, type KubeletProvider } from '../provider.ts';
+import { runRemoteCommand } from '../streaming/session.ts';
+import { serveSpdyPortForward } from '../streaming/spdy-port-forward.ts';
+import { acceptSpdyRemoteCommand, type WantedStreams } from '../streaming/spdy-remote-command.ts';
+import { isSpdyUpgrade, isWebSocketUpgrade, rejectUpgrade } from '../streaming/upgrade.ts';
+
+export interface StreamingContext {
+  req: IncomingMessage;
+  url: URL;
+  /** namespace, pod, container, and uid when the path has one. */
+  params: Record<string, string | undefined>;
+  provider: KubeletProvider;
+  log: Logger;
+  /** The kubelet's streaming timeouts. */
+  streamCreationTimeoutMs?: number;
+  idleTimeoutMs?: number;
+}
+
+/** The streams asked for in the query, as the kubelet's NewOptions reads them ("1" means yes). */
+export function wantedStreams(url: URL): WantedStreams {
+  const on = (k: string) => url.searchParams.get(k) === '1' || url.searchParams.get(k) === 'true';
+  const tty = on('tty');
+  const w = { stdin: on('input'), stdout: on('output'), stderr: on('error') && !tty, tty };
+  if (!w.stdin && !w.stdout && !w.stderr) throw new KubeletError(400, 'BadRequest', 'you must specify at least 1 of stdin, stdout, stderr');
+  return w;
+}
+
+/** The pod named by the path; 404 when this node does not know it, or its UID differs from the path's. */
+export function podOf(ctx: StreamingContext): V1Pod {
+  const { namespace = '', pod: name = '', uid } = ctx.params;
+  const pod = ctx.provider.getPod(namespace, name);
+  if (!pod || (uid && pod.metadata?.uid !== uid)) throw new KubeletError(404, 'NotFound', `pod "${namespace}/${name}" does not exist on this node`);
+  return pod;
+}
+
+/** exec and attach: checks, upgrade, session. Errors before the upgrade are HTTP answers on the socket. */
+export async function serveRemoteCommand(ctx: StreamingContext, socket: Duplex, head: Buffer, kind: 'exec' | 'attach'): Promise<void> {
+  let wanted: WantedStreams;
+  let pod: V1Pod;
+  const command = ctx.url.searchParams.getAll('command');
+  const container = ctx.params.container ?? '';
+  try {
+    wanted = wantedStreams(ctx.url);
+    pod = podOf(ctx);
+    if (kind === 'exec' && command.length === 0) throw new KubeletError(400, 'BadRequest', 'you must specify at least one command for the container');
+  } catch (err) {
+    return refuse(socket, err);
+  }
+  const spdy = isSpdyUpgrade(ctx.req);
+  if (!spdy && !isWebSocketUpgrade(ctx.req)) return refuse(socket, new KubeletError(400, 'BadRequest', 'Upgrade request required (SPDY/3.1 or websocket)'));
+  const opts = { ...(ctx.streamCreationTimeoutMs ? { streamCreationTimeoutMs: ctx.streamCreationTimeoutMs } : {}), ...(ctx.idleTimeoutMs ? { idleTimeoutMs: ctx.idleTimeoutMs } : {}) };
+  let streams;
+  try {
+    streams = spdy ? await acceptSpdyRemoteCommand(ctx.req, socket, head, wanted, opts) : await websocketSession(ctx, socket, head, wanted);
+  } catch (err) {
+    ctx.log.info({ pod: `${pod.metadata!.namespace}/${pod.metadata!.name}`, kind, err: (err as Error).message }, 'streaming session not set up');
+    return;
+  }
+  const started = Date.now();
+  const result = await runRemoteCommand(streams, (size) => {
+    const o = { ...wanted, ...(size ? { size } : {}) };
+    return kind === 'exec' ? ctx.provider.exec(pod, container, command, o) : ctx.provider.attach(pod, container, o);
+  }, kind === 'exec' ? { command } : {});
+  ctx.log.info({
+    pod: `${pod.metadata!.namespace}/${pod.metadata!.name}`, container, kind, protocol: streams.protocol, tty: wanted.tty,
+    ...(kind === 'exec' ? { command: command[0] } : {}), ...result, ms: Date.now() - started,
+  }, `${kind} session ended`);
+}
+
+export async function servePortForward(ctx: StreamingContext, socket: Duplex, head: Buffer): Promise<void> {
+  let pod: V1Pod;
+  try {
+    pod = podOf(ctx);
+    if (!isSpdyUpgrade(ctx.req)) throw new KubeletError(400, 'BadRequest', 'port-forward needs a SPDY/3.1 upgrade');
+  } catch (err) {
+    return refuse(socket, err);
+  }
+  const name = `${pod.metadata!.namespace}/${pod.metadata!.name}`;
+  await serveSpdyPortForward(ctx.req, socket, head, {
+    dial: (port) => ctx.provider.portForward(pod, port),
+    podName: pod.metadata!.name!, podUid: pod.metadata!.uid ?? '',
+    ...(ctx.streamCreationTimeoutMs ? { streamCreationTimeoutMs: ctx.streamCreationTimeoutMs } : {}),
+    ...(ctx.idleTimeoutMs ? { idleTimeoutMs: ctx.idleTimeoutMs } : {}),
+    log: (msg, fields) => ctx.log.info({ pod: name, ...fields }, msg),
+  });
+}
+
+/** POST /run/{ns}/{pod}/{container}?cmd=...: runs a command and answers with its output (stdout, then stderr). */
+export async function serveRun(ctx: StreamingContext, res: ServerResponse): Promise<void> {
+  const pod = podOf(ctx);
+  const command = (ctx.url.searchParams.get('cmd') ?? '').split(' ').filter(Boolean);
+  if (command.length === 0) throw new KubeletError(400, 'BadRequest', 'cmd is required');
+  const p = await ctx.provider.exec(pod, ctx.params.container ?? '', command, { stdin: false, stdout: true, stderr: true, tty: false });
+  const chunks: Buffer[] = [];
+  const errChunks: Buffer[] = [];
+  p.stdout?.on('data', (d: Buffer) => chunks.push(d));
+  p.stderr?.on('data', (d: Buffer) => errChunks.push(d));
+  await p.exited;
+  const body = Buffer.concat([...chunks, ...errChunks]);
+  res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': body.length });
+  res.end(body);
+}
+
+function refuse(socket: Duplex, err: unknown): void {
+  const e = err instanceof KubeletError ? err : new KubeletError(500, 'InternalError', (err as Error).message);
+  rejectUpgrade(socket, e.status, e.message);
+}
+
+/** Registers /exec, /attach, /portForward, /run and /containerLogs (the paths the API server proxies to). */
+export function installStreaming(server: KubeletServer, timeouts: { streamCreationTimeoutMs?: number; idleTimeoutMs?: number } = {}): void {
+  const upgradeOnly = () => {
+    throw new KubeletError(400, 'BadRequest', 'Upgrade request required: use SPDY/3.1 or a WebSocket');
+  };
+  for (const kind of ['exec', 'attach'] as const) {
+    for (const path of [`/${kind}/:namespace/:pod/:container`, `/${kind}/:namespace/:pod/:uid/:container`]) {
+      server.route({ method: ['GET', 'POST'], path, handle: upgradeOnly, upgrade: (ctx, socket, head) => serveRemoteCommand({ ...ctx, ...timeouts }, socket, head, kind) });
+    }
+  }
+  for (const path of ['/portForward/:namespace/:pod', '/portForward/:namespace/:pod/:uid']) {
+    server.route({ method: ['GET', 'POST'], path, handle: upgradeOnly, upgrade: (ctx, socket, head) => servePortForward({ ...ctx, ...timeouts }, socket, head) });
+  }
+  for (const path of ['/run/:namespace/:pod/:container', '/run/:namespace/:pod/:uid/:container']) {
+    server.route({ method: 'POST', path, handle: (ctx, res) => serveRun(ctx, res) });
+  }
+  server.route({ method: 'GET', path: '/containerLogs/:namespace/:pod/:container', handle: (ctx, res) => serveContainerLogs(ctx, res) });
+}
+
+// WS-PLACEHOLDER until websocket-remote-command.ts lands.
+async function websocketSession(_ctx: StreamingContext, socket: Duplex, _head: Buffer, _w: WantedStreams): Promise<never> {
+  rejectUpgrade(socket, 400, 'WebSocket streaming is not available yet');
+  throw new Error('websocket not available');
+}
