@@ -10,6 +10,7 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', '
 export const HYPERVISORS = ['auto', 'qemu', 'vz'] as const;
 export const GUEST_OSES = ['linux', 'macos'] as const;
 export const TAINT_EFFECTS = ['NoSchedule', 'PreferNoSchedule', 'NoExecute'] as const;
+export const KUBELET_AUTHORIZATION_MODES = ['Webhook', 'AlwaysAllow'] as const;
 
 /** The taint vmlet puts on its Node unless told otherwise: only pods that tolerate it land on the node. */
 export const DEFAULT_TAINT = { key: 'virtual-kubelet.io/provider', value: 'vmlet', effect: 'NoSchedule' } as const;
@@ -26,6 +27,13 @@ const duration = (fallback: string) =>
         return z.NEVER;
       }
     });
+
+// A flag or environment variable gives text; YAML gives a boolean.
+const boolean = (fallback: boolean) =>
+  z
+    .union([z.boolean(), z.enum(['true', 'false'])], { error: 'must be true or false' })
+    .default(fallback)
+    .transform((v) => v === true || v === 'true');
 
 const quantity = (fallback: string) =>
   z
@@ -74,6 +82,23 @@ export const configSchema = z
     vmDir: z.string().min(1).optional(),
     /** Port the kubelet API listens on; published in the Node's daemonEndpoints. */
     kubeletPort: z.int().min(1).max(65535).default(10250),
+    /** Address the kubelet API listens on (the kubelet's --address). */
+    kubeletAddress: z.union([z.ipv4(), z.ipv6()], { error: 'must be an IP address, e.g. 0.0.0.0, 127.0.0.1 or ::' }).default('0.0.0.0'),
+    /** Serving certificate and key of the kubelet API (both or neither); without them a self-signed one is made. */
+    kubeletTlsCertFile: z.string().min(1).optional(),
+    kubeletTlsKeyFile: z.string().min(1).optional(),
+    /** CA bundle that client certificates must chain to; without it only bearer tokens authenticate (the kubelet's default). */
+    kubeletClientCaFile: z.string().min(1).optional(),
+    /** Requests without credentials pass as system:anonymous (then authorized like any user). */
+    kubeletAnonymousAuth: boolean(false),
+    /** Webhook: SubjectAccessReview at the API server; AlwaysAllow: any authenticated request. */
+    kubeletAuthorizationMode: z.enum(KUBELET_AUTHORIZATION_MODES).default('Webhook'),
+    /** How long a TokenReview that authenticated is remembered (the kubelet's authentication.webhook.cacheTTL). */
+    kubeletTokenCacheTTL: duration('2m'),
+    /** How long an allowed SubjectAccessReview is remembered (authorization.webhook.cacheAuthorizedTTL). */
+    kubeletAuthorizedCacheTTL: duration('5m'),
+    /** How long a refused SubjectAccessReview is remembered (authorization.webhook.cacheUnauthorizedTTL). */
+    kubeletUnauthorizedCacheTTL: duration('30s'),
     /** Local address of /healthz, /readyz and /metrics, e.g. 127.0.0.1:10258; "" turns it off. */
     adminAddress: z
       .string()
@@ -119,7 +144,13 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    if (Boolean(c.kubeletTlsCertFile) !== Boolean(c.kubeletTlsKeyFile)) {
+      const missing = c.kubeletTlsCertFile ? 'kubeletTlsKeyFile' : 'kubeletTlsCertFile';
+      ctx.addIssue({ code: 'custom', path: [missing], message: 'kubeletTlsCertFile and kubeletTlsKeyFile must be given together' });
+    }
+  });
 
 export type Config = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;

@@ -109,3 +109,24 @@ test('every setting is documented in docs/CONFIGURATION.md with its flag and env
     assert.ok(doc.includes(s.env), `${s.env} is documented`);
   }
 });
+
+test('kubelet API settings: defaults as the kubelet, certificate and key together, anonymous from text', () => {
+  const c = loadConfig({ env: {}, flags: { nodeName: 'n' } });
+  assert.equal(c.kubeletAddress, '0.0.0.0');
+  assert.equal(c.kubeletAnonymousAuth, false);
+  assert.equal(c.kubeletAuthorizationMode, 'Webhook');
+  assert.equal(c.kubeletClientCaFile, undefined);
+  assert.equal(c.kubeletTokenCacheTTL, 120_000);
+  assert.equal(c.kubeletAuthorizedCacheTTL, 300_000);
+  assert.equal(c.kubeletUnauthorizedCacheTTL, 30_000);
+  const d = loadConfig({ env: { VMLET_KUBELET_ANONYMOUS_AUTH: 'true' }, flags: { kubeletAddress: '127.0.0.1', kubeletAuthorizationMode: 'AlwaysAllow', kubeletTlsCertFile: '/a.crt', kubeletTlsKeyFile: '/a.key' } });
+  assert.equal(d.kubeletAnonymousAuth, true);
+  assert.equal(d.kubeletAddress, '127.0.0.1');
+  assert.equal(d.kubeletAuthorizationMode, 'AlwaysAllow');
+  assert.equal(d.kubeletTlsKeyFile, '/a.key');
+  assert.equal(loadConfig({ file: file('k.yaml', 'kubeletAnonymousAuth: true\n'), env: {} }).kubeletAnonymousAuth, true);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { kubeletTlsCertFile: '/a.crt' } })), /kubeletTlsKeyFile: kubeletTlsCertFile and kubeletTlsKeyFile must be given together/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { kubeletAuthorizationMode: 'RBAC' } })), /kubeletAuthorizationMode: must be one of Webhook, AlwaysAllow \(got "RBAC" from --kubelet-authorization-mode\)/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { kubeletAnonymousAuth: 'yes' } })), /kubeletAnonymousAuth: must be true or false \(got "yes" from --kubelet-anonymous-auth\)/);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { kubeletAddress: 'localhost' } })), /kubeletAddress: must be an IP address/);
+});
