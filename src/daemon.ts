@@ -19,6 +19,7 @@ import { KubeconfigError } from './kube/errors.ts';
 import { loadKubeconfig } from './kube/kubeconfig.ts';
 import { NodeController } from './kube/node/node-controller.ts';
 import { AdminServer } from './observability/admin-server.ts';
+import { startKubeletServer, type KubeletServer } from './kubelet/server.ts';
 import type { Logger } from './observability/log.ts';
 import { AgentMetrics } from './observability/metrics.ts';
 import { VMLET_VERSION, KUBELET_VERSION } from './version.ts';
@@ -35,6 +36,7 @@ export class Daemon {
   private registry?: RegistryClient;
   private api?: KubeApi;
   private admin?: AdminServer;
+  private kubelet?: KubeletServer;
   readonly metrics = new AgentMetrics();
 
   constructor(
@@ -81,6 +83,7 @@ export class Daemon {
         throw new StartupError(`cannot listen on adminAddress ${config.adminAddress}: ${(err as Error).message}`);
       }
     }
+    await this.startKubeletApi(api, facts);
     await this.startPods(api, facts.ips[0]);
     const ready = node.lastStatus?.conditions.find((c) => c.type === 'Ready');
     log.info({ uid: node.nodeUid, ready: ready?.status, reason: ready?.reason }, 'node is up');
@@ -137,17 +140,36 @@ export class Daemon {
     });
     this.runtime = runtime;
     this.pods = pods;
+    this.kubelet?.setProvider(runtime);
     await pods.start(runtime);
     log.info({ driver: driver.describe(), vmSlots: config.node.vmSlots }, 'pods bound to this node run as VMs');
   }
 
   async stop(): Promise<void> {
+    await this.kubelet?.stop();
     await this.pods?.stop();
     // VMs keep running: the next vmlet adopts them.
     await this.runtime?.detachAll();
     await this.registry?.close();
     await Promise.all([this.node?.stop(), this.admin?.stop()]);
     this.api?.close();
+  }
+
+  /** The kubelet API (HTTPS, :10250): serves before the pods part starts, which plugs in with setProvider(). */
+  private async startKubeletApi(api: KubeApi, facts: { hostname: string; ips: string[] }): Promise<void> {
+    const { config, log } = this;
+    const where = `${config.kubeletAddress}:${config.kubeletPort}`;
+    try {
+      const { server, credentials } = await startKubeletServer({ config, api, host: facts, registry: this.metrics.registry, log: log.child({ component: 'kubelet-api' }) });
+      this.kubelet = server;
+      log.info({ address: where, certificate: credentials.source, certFile: credentials.certFile }, 'kubelet API listening');
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'EADDRINUSE') throw new StartupError(`cannot listen on the kubelet port ${where}: it is in use by another process`);
+      if (e.code === 'EADDRNOTAVAIL') throw new StartupError(`cannot listen on the kubelet port ${where}: no interface of this host has address ${config.kubeletAddress}`);
+      if (e.code === 'EACCES') throw new StartupError(`cannot listen on the kubelet port ${where}: permission denied`);
+      throw new StartupError(`cannot start the kubelet API on ${where}: ${e.message}`);
+    }
   }
 
   /**

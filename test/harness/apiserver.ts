@@ -16,6 +16,8 @@ export interface ApiServerConfig {
   pki: ClusterPki;
   /** Authenticated as the cluster admin; used for the readiness probes. */
   adminAgent: Agent;
+  /** More kube-apiserver flags (e.g. --egress-selector-config-file). */
+  extraArgs?: readonly string[];
 }
 
 // Generous: on 2 busy cores a cold apiserver takes tens of seconds to install every API group.
@@ -117,6 +119,7 @@ export class ApiServer {
       `--audit-policy-file=${auditPolicyFile}`,
       `--audit-log-path=${this.auditLogFile}`,
       '--v=1',
+      ...(this.cfg.extraArgs ?? []),
     ];
   }
 }

@@ -18,6 +18,8 @@ export interface ClusterOptions {
   dir?: string;
   /** Binaries to run; default: ensureTestDependencies(). */
   binaries?: TestBinaries;
+  /** More kube-apiserver flags. */
+  apiServerArgs?: readonly string[];
 }
 
 export interface KubectlOptions {
@@ -41,7 +43,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     adminAgent = tlsAgent({ ca: pki.ca.cert, cert: pki.admin.cert, key: pki.admin.key });
     etcd = await startEtcd(binaries.etcd, dir);
     const port = await freePort();
-    apiServer = new ApiServer({ binary: binaries.kubeApiserver, dir, port, etcdUrl: etcd.url, pki, adminAgent });
+    apiServer = new ApiServer({ binary: binaries.kubeApiserver, dir, port, etcdUrl: etcd.url, pki, adminAgent, extraArgs: opts.apiServerArgs ?? [] });
     await apiServer.start();
     const adminKubeconfig = await writeKubeconfig(join(dir, 'admin.kubeconfig'), {
       server: apiServer.url,
@@ -123,6 +125,18 @@ export class Cluster {
   async issueServingCert(sans: readonly string[]): Promise<CertificateFiles> {
     const pem = await this.ca.issueServingCert(sans);
     return writeCertificate(join(this.dir, 'pki'), this.fileName(`serving-${sans[0] ?? 'none'}`), pem);
+  }
+
+  /**
+   * `vmlet run` flags for a kubelet API the API server can reach the way it reaches a real kubelet: a
+   * serving certificate from the cluster CA for 127.0.0.1 and localhost (the apiserver checks it with
+   * --kubelet-certificate-authority), and the cluster CA as client CA (the apiserver presents its
+   * --kubelet-client-certificate). Files go under dir/kubelet-pki; extraSans adds names or IPs (a node IP).
+   */
+  async kubeletTlsArgs(dir: string, extraSans: readonly string[] = []): Promise<string[]> {
+    const pem = await this.ca.issueServingCert(['127.0.0.1', 'localhost', ...extraSans]);
+    const files = await writeCertificate(join(dir, 'kubelet-pki'), 'kubelet-serving', pem);
+    return [`--kubelet-tls-cert-file=${files.certFile}`, `--kubelet-tls-key-file=${files.keyFile}`, `--kubelet-client-ca-file=${this.caFile}`];
   }
 
   /** Writes a kubeconfig for any identity and returns its path. */

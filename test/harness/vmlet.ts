@@ -25,6 +25,8 @@ export interface VmletOptions {
   env?: NodeJS.ProcessEnv;
   /** Where the log file and image cache go (put it in the cluster's dir so that it is cleaned up); default: a new temp dir. */
   dir?: string;
+  /** The kubelet API's serving certificate and client CA (default: self-signed, no client CA); see Cluster.kubeletTlsArgs. */
+  kubeletTls?: { certFile: string; keyFile: string; clientCaFile?: string };
 }
 
 /** A running `vmlet run`, with its admin port and its log. */
@@ -32,6 +34,8 @@ export class VmletProcess {
   private constructor(
     readonly proc: TrackedProcess,
     readonly adminUrl: string,
+    /** https://127.0.0.1:<port> of the kubelet API (always loopback, on a port picked for this run). */
+    readonly kubeletUrl: string,
     readonly dir: string,
     /** Where this run's lines start in a log file that an earlier run in the same dir wrote to. */
     private readonly logOffset: number,
@@ -43,6 +47,10 @@ export class VmletProcess {
     const logFile = join(dir, 'vmlet.log');
     const logOffset = (await stat(logFile).catch(() => undefined))?.size ?? 0;
     const adminPort = await freePort();
+    // Tests bind to loopback only, on ports they pick; a --kubelet-port in args wins (the last flag does).
+    const givenPort = [...(opts.args ?? [])].reverse().map((a) => /^--kubelet-port=(\d+)$/.exec(a)?.[1]).find(Boolean);
+    const kubeletPort = givenPort ? Number(givenPort) : await freePort();
+    const tls = opts.kubeletTls;
     const args = [
       VMLET_BIN,
       'run',
@@ -51,13 +59,17 @@ export class VmletProcess {
       `--admin-address=127.0.0.1:${adminPort}`,
       `--image-cache-dir=${join(dir, 'cache')}`,
       '--node-ip=127.0.0.1',
+      '--kubelet-address=127.0.0.1',
+      `--kubelet-port=${kubeletPort}`,
+      ...(tls ? [`--kubelet-tls-cert-file=${tls.certFile}`, `--kubelet-tls-key-file=${tls.keyFile}`] : []),
+      ...(tls?.clientCaFile ? [`--kubelet-client-ca-file=${tls.clientCaFile}`] : []),
       ...(opts.args ?? []),
     ];
     const proc = spawnTracked(`vmlet ${opts.nodeName}`, process.execPath, args, {
       logFile,
       env: { ...process.env, ...opts.env },
     });
-    return new VmletProcess(proc, `http://127.0.0.1:${adminPort}`, dir, logOffset);
+    return new VmletProcess(proc, `http://127.0.0.1:${adminPort}`, `https://127.0.0.1:${kubeletPort}`, dir, logOffset);
   }
 
   get pid(): number {
