@@ -45,12 +45,12 @@ export interface Route {
   method?: string | readonly string[];
   /** '/exec/:namespace/:pod/:container', a prefix '/logs/*', or a RegExp on the path (named groups become params). */
   path: string | RegExp;
-  /** Answers a plain request. Throw KubeletError for an error status. */
+  /** Answers a plain request. A KubeletError thrown is answered with its status and message (plain text, as the kubelet). */
   handle?(ctx: RouteContext, res: ServerResponse): void | Promise<void>;
   /**
    * Takes over an upgrade request's socket (after authentication and authorization). A KubeletError
-   * thrown before anything was written to the socket is answered as an HTTP response; after that the
-   * handler owns the socket and its errors.
+   * thrown before anything was written to the socket is answered as an HTTP response with a Status body;
+   * after that the handler owns the socket and its errors.
    */
   upgrade?(ctx: RouteContext, socket: Duplex, head: Buffer): void | Promise<void>;
 }
@@ -271,7 +271,9 @@ export class KubeletServer {
   private internalError(res: ServerResponse, err: unknown, req: IncomingMessage): void {
     if (err instanceof KubeletError) {
       if (err.status >= 500) this.log.warn({ path: req.url, status: err.status, reason: err.reason, err: err.message }, 'kubelet API request failed');
-      if (!res.headersSent) return sendJson(res, err.status, statusObject(err));
+      // As go-restful's WriteError in the kubelet: the message as plain text. The API server turns it into
+      // the message of its own Status (kubectl: "Error from server (BadRequest): <message>").
+      if (!res.headersSent) return sendText(res, err.status, err.message);
     } else {
       this.log.error({ err, path: req.url }, 'kubelet API handler failed');
       if (!res.headersSent) return sendText(res, 500, `Internal Error: ${(err as Error)?.message ?? String(err)}\n`);
@@ -281,7 +283,7 @@ export class KubeletServer {
   }
 }
 
-/** A metav1.Status for a KubeletError. */
+/** A metav1.Status for a KubeletError: how the kubelet's streaming server refuses an upgrade, which client-go decodes. */
 export function statusObject(err: KubeletError): Record<string, unknown> {
   return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: err.message, reason: err.reason, code: err.status };
 }
