@@ -118,7 +118,7 @@ test('kubectl exec -it gets a terminal of the client size, and a resize reaches 
   // script(1) gives kubectl a real terminal; its size is set first, and the pty's name saved for the resize.
   const inner = `stty rows 33 cols 111; tty > ${ttyFile}; ${kc} exec -it ${POD} -- sh -c 'stty size; read x; stty size; tty'`;
   const script = spawn('script', ['-qfec', inner, '/dev/null']);
-  children.add(script as unknown as ChildProcessWithoutNullStreams);
+  children.add(script);
   let out = '';
   script.stdout.on('data', (d: Buffer) => (out += d.toString()));
   script.stderr.on('data', (d: Buffer) => (out += d.toString()));

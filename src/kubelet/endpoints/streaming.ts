@@ -11,6 +11,7 @@ import { KubeletError, type KubeletProvider } from '../provider.ts';
 import { runRemoteCommand } from '../streaming/session.ts';
 import { serveSpdyPortForward } from '../streaming/spdy-port-forward.ts';
 import { acceptSpdyRemoteCommand, type WantedStreams } from '../streaming/spdy-remote-command.ts';
+import { acceptWebSocketRemoteCommand } from '../streaming/websocket-remote-command.ts';
 import { isSpdyUpgrade, isWebSocketUpgrade, rejectUpgrade } from '../streaming/upgrade.ts';
 
 export interface StreamingContext {
@@ -60,7 +61,7 @@ export async function serveRemoteCommand(ctx: StreamingContext, socket: Duplex, 
   const opts = { ...(ctx.streamCreationTimeoutMs ? { streamCreationTimeoutMs: ctx.streamCreationTimeoutMs } : {}), ...(ctx.idleTimeoutMs ? { idleTimeoutMs: ctx.idleTimeoutMs } : {}) };
   let streams;
   try {
-    streams = spdy ? await acceptSpdyRemoteCommand(ctx.req, socket, head, wanted, opts) : await websocketSession(ctx, socket, head, wanted);
+    streams = spdy ? await acceptSpdyRemoteCommand(ctx.req, socket, head, wanted, opts) : await acceptWebSocketRemoteCommand(ctx.req, socket, head, wanted);
   } catch (err) {
     ctx.log.info({ pod: `${pod.metadata!.namespace}/${pod.metadata!.name}`, kind, err: (err as Error).message }, 'streaming session not set up');
     return;
@@ -134,8 +135,3 @@ export function installStreaming(server: KubeletServer, timeouts: { streamCreati
   server.route({ method: 'GET', path: '/containerLogs/:namespace/:pod/:container', handle: (ctx, res) => serveContainerLogs(ctx, res) });
 }
 
-// WS-PLACEHOLDER until websocket-remote-command.ts lands.
-async function websocketSession(_ctx: StreamingContext, socket: Duplex, _head: Buffer, _w: WantedStreams): Promise<never> {
-  rejectUpgrade(socket, 400, 'WebSocket streaming is not available yet');
-  throw new Error('websocket not available');
-}

@@ -50,7 +50,7 @@ export function serveSpdyPortForward(req: IncomingMessage, socket: Duplex, head:
   const conn = new SpdyConnection(socket, { head, ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}) });
   const pairs = new Map<string, Pair>();
   const open = new Set<Duplex>();
-  const log = opts.log ?? (() => undefined);
+  const log = (msg: string, fields?: Record<string, unknown>) => opts.log?.(msg, fields);
 
   conn.on('stream', (s: SpdyStream) => {
     s.on('error', () => undefined);

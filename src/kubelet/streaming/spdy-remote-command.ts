@@ -4,7 +4,7 @@
 // v4 and v5 carry a JSON Status on the error stream (v5 is v4 over SPDY: its close signal is WebSocket
 // only); v1–v3 carry a plain message, and nothing on success; v1 and v2 have no resize stream.
 import type { IncomingMessage } from 'node:http';
-import type { Duplex, Readable } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { SpdyConnection, type SpdyStream } from '../spdy/connection.ts';
 import { REMOTE_COMMAND_PROTOCOLS, type RemoteCommandProtocol, type RemoteCommandStreams, type StatusObject, type TerminalSize } from './remote-command.ts';
 import { acceptUpgrade, headerList, negotiate, PROTOCOL_VERSION_HEADER, rejectUpgrade } from './upgrade.ts';
@@ -53,7 +53,7 @@ export async function acceptSpdyRemoteCommand(
     const fail = (message: string) => {
       clearTimeout(timer);
       conn.off('stream', onStream);
-      conn.close();
+      void conn.close();
       reject(new StreamSetupError(message));
     };
     const onStream = (s: SpdyStream) => {
@@ -90,7 +90,7 @@ export async function acceptSpdyRemoteCommand(
   let finished = false;
   return {
     protocol,
-    stdin: protocol === 'channel.k8s.io' ? null : (stdin as Readable | null),
+    stdin: protocol === 'channel.k8s.io' ? null : (stdin),
     stdout: streams.get('stdout') ?? null,
     stderr: streams.get('stderr') ?? null,
     tty: wanted.tty,
@@ -106,7 +106,7 @@ export async function acceptSpdyRemoteCommand(
       // The client reads stdout, stderr and the error stream to their ends before it reports; closing the
       // connection once the ends are written lets a slow reader still get them.
       await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))]);
-      conn.close();
+      void conn.close();
     },
   };
 }

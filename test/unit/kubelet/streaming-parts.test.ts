@@ -43,12 +43,14 @@ test('a non-zero exit is the Status kubectl turns into its exit code', () => {
   assert.deepEqual(s.details?.causes, [{ reason: 'ExitCode', message: '3' }]);
 });
 
+const reason = (r: ReturnType<typeof checkPortForwardHeaders>): string => (typeof r === 'string' ? r : JSON.stringify(r));
+
 test('port-forward streams need a port and a type, as the kubelet checks them', () => {
   assert.deepEqual(checkPortForwardHeaders({ port: '8080', streamtype: 'data', requestid: '0' }), { port: 8080, type: 'data' });
-  assert.match(String(checkPortForwardHeaders({ streamtype: 'data' })), /"port" header is required/);
-  assert.match(String(checkPortForwardHeaders({ port: '0', streamtype: 'data' })), /must be > 0/);
-  assert.match(String(checkPortForwardHeaders({ port: '70000', streamtype: 'data' })), /unable to parse/);
-  assert.match(String(checkPortForwardHeaders({ port: '80', streamtype: 'stdin' })), /invalid stream type/);
+  assert.match(reason(checkPortForwardHeaders({ streamtype: 'data'})), /"port" header is required/);
+  assert.match(reason(checkPortForwardHeaders({ port: '0', streamtype: 'data'})), /must be > 0/);
+  assert.match(reason(checkPortForwardHeaders({ port: '70000', streamtype: 'data'})), /unable to parse/);
+  assert.match(reason(checkPortForwardHeaders({ port: '80', streamtype: 'stdin'})), /invalid stream type/);
 });
 
 test('log options are read as the kubelet reads PodLogOptions, with a 400 for bad values', () => {
