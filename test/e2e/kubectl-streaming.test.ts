@@ -1,6 +1,8 @@
 // kubectl exec, attach, logs, port-forward and cp on a VM pod, as a user runs them: the real kubectl,
-// through the real kube-apiserver (which speaks SPDY/3.1 to vmlet's kubelet port over TLS with its
-// kubelet client certificate), to a QEMU VM booted from the Linux test guest. One pod serves all tests:
+// through the real kube-apiserver (over TLS with its kubelet client certificate) to vmlet's kubelet port,
+// to a QEMU VM booted from the Linux test guest. The node declares ExtendWebSocketsToKubelet, so the API
+// server passes kubectl's WebSockets through; with kubectl's WebSockets turned off
+// (KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false) the same commands arrive as SPDY/3.1. One pod serves all tests:
 // its main process (Node in the guest) logs lines to stdout and stderr, echoes what comes on its stdin,
 // and serves two TCP ports (8080 echoes, 8081 greets).
 import assert from 'node:assert/strict';
@@ -36,7 +38,12 @@ net.createServer((s) => s.end('hello from 8081\\n')).listen(8081, '127.0.0.1');
 let n = 0; setInterval(() => console.log('tick ' + (++n)), 1000);
 `;
 
-const kubectl = async (args: string[], input?: string) => cluster.kubectl(args, { ...(input !== undefined ? { input } : {}), timeoutMs: 120_000 });
+/** kubectl's own switches between WebSocket (its default) and SPDY/3.1 towards the API server. */
+const SPDY = { KUBECTL_REMOTE_COMMAND_WEBSOCKETS: 'false', KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false' };
+const TRANSPORTS = [['websocket', {}], ['spdy', SPDY]] as const;
+
+const kubectl = async (args: string[], input?: string, env: NodeJS.ProcessEnv = {}) =>
+  runCommand(cluster.binaries.kubectl, [`--kubeconfig=${cluster.adminKubeconfig}`, ...args], { ...(input !== undefined ? { input } : {}), env: { ...process.env, ...env }, timeoutMs: 120_000 });
 const ok = async (args: string[], input?: string) => {
   const r = await kubectl(args, input);
   assert.equal(r.code, 0, `kubectl ${args.join(' ')}: ${r.stderr}`);
@@ -91,25 +98,34 @@ after(async () => {
   await Promise.all([cluster?.stop(), registry?.stop()]);
 });
 
-test('kubectl exec runs a command in the VM with its stdout, stderr and exit code', async () => {
-  const r = await kubectl(['exec', POD, '--', 'sh', '-c', 'echo to-out; echo to-err >&2; uname -s; exit 3']);
-  assert.equal(r.code, 3, r.stderr);
-  assert.equal(r.stdout, 'to-out\nLinux\n');
-  assert.match(r.stderr, /to-err/);
-  assert.match(r.stderr, /command terminated with exit code 3/);
-  const zero = await kubectl(['exec', POD, '-c', 'vm', '--', 'true']);
-  assert.equal(zero.code, 0, zero.stderr);
-});
+/** The transports of the streaming sessions vmlet logged since `from` (its log has one line per session). */
+async function sessionTransports(kind: string, from: number): Promise<string[]> {
+  return (await vmlet.logs()).filter((l) => l.kind === kind && Date.parse(l.time) >= from).map((l) => String(l.transport));
+}
 
-test('kubectl exec -i passes stdin through to the command, end of input included', async () => {
-  const input = Array.from({ length: 2000 }, (_, i) => `line ${i}`).join('\n') + '\n';
-  const r = await kubectl(['exec', '-i', POD, '--', 'sh', '-c', 'wc -l; md5sum'], input);
-  assert.equal(r.code, 0, r.stderr);
-  // wc consumed the input; md5sum gets none: the end of stdin arrived.
-  assert.match(r.stdout, /^\s*2000\n/);
-  const echoed = await kubectl(['exec', '-i', POD, '--', 'cat'], 'über data\n');
-  assert.equal(echoed.stdout, 'über data\n');
-});
+for (const [transport, env] of TRANSPORTS) {
+  test(`kubectl exec (${transport}) runs a command in the VM with its stdout, stderr and exit code`, async () => {
+    const from = Date.now();
+    const r = await kubectl(['exec', POD, '--', 'sh', '-c', 'echo to-out; echo to-err >&2; uname -s; exit 3'], undefined, env);
+    assert.equal(r.code, 3, r.stderr);
+    assert.equal(r.stdout, 'to-out\nLinux\n');
+    assert.match(r.stderr, /to-err/);
+    assert.match(r.stderr, /command terminated with exit code 3/);
+    const zero = await kubectl(['exec', POD, '-c', 'vm', '--', 'true'], undefined, env);
+    assert.equal(zero.code, 0, zero.stderr);
+    assert.deepEqual(await sessionTransports('exec', from), [transport, transport], 'the sessions reached vmlet over this transport');
+  });
+
+  test(`kubectl exec -i (${transport}) passes stdin through to the command, end of input included`, async () => {
+    const input = Array.from({ length: 2000 }, (_, i) => `line ${i}`).join('\n') + '\n';
+    const r = await kubectl(['exec', '-i', POD, '--', 'sh', '-c', 'wc -l; md5sum'], input, env);
+    assert.equal(r.code, 0, r.stderr);
+    // wc consumed the input; md5sum gets none: the end of stdin arrived.
+    assert.match(r.stdout, /^\s*2000\n/);
+    const echoed = await kubectl(['exec', '-i', POD, '--', 'cat'], 'über data\n', env);
+    assert.equal(echoed.stdout, 'über data\n');
+  });
+}
 
 test('kubectl exec -it gets a terminal of the client size, and a resize reaches it', async () => {
   const dir = await mkdtemp(path.join(cluster.dir, 'tty-'));
@@ -169,8 +185,9 @@ test('kubectl logs: all, --tail, --since, --timestamps, --limit-bytes, and -f th
   child.kill('SIGINT');
 });
 
-test('kubectl port-forward: two ports, concurrent connections, and 32 MiB through and back checksummed', async () => {
-  const { output } = kubectlProcess(['port-forward', `pod/${POD}`, ':8080', ':8081']);
+for (const [transport, env] of TRANSPORTS) test(`kubectl port-forward (${transport}): two ports, concurrent connections, and 32 MiB through and back checksummed`, async () => {
+  const from = Date.now();
+  const { child, output } = kubectlProcess(['port-forward', `pod/${POD}`, ':8080', ':8081'], env);
   const ports = await waitFor('two forwarded ports', async () => {
     const m = [...output().matchAll(/Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)/g)];
     return m.length >= 2 ? new Map(m.map((x) => [Number(x[2]), Number(x[1])])) : undefined;
@@ -204,6 +221,9 @@ test('kubectl port-forward: two ports, concurrent connections, and 32 MiB throug
   };
   await Promise.all([echo(32 * 1024 * 1024), echo(1024 * 1024), echo(10)]);
   assert.ok(!/error/i.test(output()), output());
+  child.kill('SIGINT');
+  await waitFor('the port-forward session logged', async () => ((await sessionTransports('port-forward', from)).length > 0 ? true : undefined), { timeoutMs: 30_000, intervalMs: 200 });
+  assert.deepEqual(await sessionTransports('port-forward', from), [transport]);
 });
 
 test('kubectl cp copies a file into the VM and back out unchanged', async () => {
@@ -254,7 +274,9 @@ test('kubectl logs --previous shows the run before a restart, and the restart co
   const none = await kubectl(['logs', POD, '--previous']);
   assert.notEqual(none.code, 0);
   assert.match(none.stderr, /previous terminated container "vm" in pod "box" not found/);
-  await kubectl(['exec', POD, '--', 'sh', '-c', 'kill $(pgrep -f "node -e")']);
+  // The guest's busybox has no pgrep: the main process is the one whose command line has the server's
+  // greeting (the bracket keeps this shell's own command line from matching).
+  await ok(['exec', POD, '--', 'sh', '-c', 'kill $(for p in /proc/[0-9]*; do grep -q "hello from 80[8]1" $p/cmdline 2>/dev/null && echo ${p#/proc/}; done)']);
   await waitFor('the restart', async () => {
     const p = JSON.parse(await ok(['get', 'pod', POD, '-o', 'json'])) as V1Pod;
     return (p.status?.containerStatuses?.[0]?.restartCount ?? 0) > restarts ? p : undefined;

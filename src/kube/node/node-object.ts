@@ -91,6 +91,7 @@ export function nodeStatus(inputs: StatusInputs): NodeStatus {
     conditions: nodeConditions(inputs),
     addresses: nodeAddresses(config, facts),
     daemonEndpoints: { kubeletEndpoint: { Port: inputs.kubeletPort } },
+    declaredFeatures: [...DECLARED_FEATURES],
     nodeInfo: {
       machineID: facts.machineID,
       systemUUID: facts.systemUUID,
@@ -134,8 +135,17 @@ export interface NodeStatus {
   conditions: NodeCondition[];
   addresses: Array<{ type: string; address: string }>;
   daemonEndpoints: { kubeletEndpoint: { Port: number } };
+  /** Node-declared features (KEP-5328): what the API server may rely on when it talks to this node. */
+  declaredFeatures: string[];
   nodeInfo: Record<string, string>;
 }
+
+/**
+ * ExtendWebSocketsToKubelet: the kubelet API serves exec/attach (v5.channel.k8s.io) and port-forward
+ * (SPDY/3.1+portforward.k8s.io) over WebSockets, so an API server (1.36+) passes kubectl's WebSockets
+ * through instead of translating them to SPDY (src/kubelet/streaming/, test/e2e/kubectl-streaming.test.ts).
+ */
+export const DECLARED_FEATURES = ['ExtendWebSocketsToKubelet'] as const;
 
 function nodeConditions(inputs: StatusInputs): NodeCondition[] {
   const { config, sample, hypervisor } = inputs;

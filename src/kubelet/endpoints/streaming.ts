@@ -9,7 +9,7 @@ import type { KubeletServer } from '../server.ts';
 import { serveContainerLogs } from './logs.ts';
 import { KubeletError, type KubeletProvider } from '../provider.ts';
 import { runRemoteCommand } from '../streaming/session.ts';
-import { serveSpdyPortForward } from '../streaming/spdy-port-forward.ts';
+import { serveSpdyPortForward, serveWebSocketPortForward } from '../streaming/spdy-port-forward.ts';
 import { acceptSpdyRemoteCommand, type WantedStreams } from '../streaming/spdy-remote-command.ts';
 import { acceptWebSocketRemoteCommand } from '../streaming/websocket-remote-command.ts';
 import { isSpdyUpgrade, isWebSocketUpgrade, rejectUpgrade } from '../streaming/upgrade.ts';
@@ -72,7 +72,7 @@ export async function serveRemoteCommand(ctx: StreamingContext, socket: Duplex, 
     return kind === 'exec' ? ctx.provider.exec(pod, container, command, o) : ctx.provider.attach(pod, container, o);
   }, kind === 'exec' ? { command } : {});
   ctx.log.info({
-    pod: `${pod.metadata!.namespace}/${pod.metadata!.name}`, container, kind, protocol: streams.protocol, tty: wanted.tty,
+    pod: `${pod.metadata!.namespace}/${pod.metadata!.name}`, container, kind, transport: spdy ? 'spdy' : 'websocket', protocol: streams.protocol, tty: wanted.tty,
     ...(kind === 'exec' ? { command: command[0] } : {}), ...result, ms: Date.now() - started,
   }, `${kind} session ended`);
 }
@@ -81,18 +81,22 @@ export async function servePortForward(ctx: StreamingContext, socket: Duplex, he
   let pod: V1Pod;
   try {
     pod = podOf(ctx);
-    if (!isSpdyUpgrade(ctx.req)) throw new KubeletError(400, 'BadRequest', 'port-forward needs a SPDY/3.1 upgrade');
+    if (!isSpdyUpgrade(ctx.req) && !isWebSocketUpgrade(ctx.req)) throw new KubeletError(400, 'BadRequest', 'port-forward needs a SPDY/3.1 or WebSocket upgrade');
   } catch (err) {
     return refuse(socket, err);
   }
   const name = `${pod.metadata!.namespace}/${pod.metadata!.name}`;
-  await serveSpdyPortForward(ctx.req, socket, head, {
+  const transport = isSpdyUpgrade(ctx.req) ? 'spdy' : 'websocket';
+  const serve = transport === 'spdy' ? serveSpdyPortForward : serveWebSocketPortForward;
+  const started = Date.now();
+  await serve(ctx.req, socket, head, {
     dial: (port) => ctx.provider.portForward(pod, port),
     podName: pod.metadata!.name!, podUid: pod.metadata!.uid ?? '',
     ...(ctx.streamCreationTimeoutMs ? { streamCreationTimeoutMs: ctx.streamCreationTimeoutMs } : {}),
     ...(ctx.idleTimeoutMs ? { idleTimeoutMs: ctx.idleTimeoutMs } : {}),
-    log: (msg, fields) => ctx.log.info({ pod: name, ...fields }, msg),
+    log: (msg, fields) => ctx.log.info({ pod: name, transport, ...fields }, msg),
   });
+  ctx.log.info({ pod: name, kind: 'port-forward', transport, ms: Date.now() - started }, 'port-forward session ended');
 }
 
 /** POST /run/{ns}/{pod}/{container}?cmd=...: runs a command and answers with its output (stdout, then stderr). */

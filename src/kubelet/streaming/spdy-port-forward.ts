@@ -4,6 +4,7 @@
 // ways; a failure is reported on the error stream as the kubelet does ({"closeConnection", "message"}).
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { createWebSocketStream, WebSocketServer } from 'ws';
 import { SpdyConnection, type SpdyStream } from '../spdy/connection.ts';
 import { acceptUpgrade, headerList, negotiate, PROTOCOL_VERSION_HEADER, rejectUpgrade } from './upgrade.ts';
 
@@ -47,7 +48,40 @@ export function serveSpdyPortForward(req: IncomingMessage, socket: Duplex, head:
     return Promise.resolve();
   }
   acceptUpgrade(socket, 'SPDY/3.1', { 'X-Stream-Protocol-Version': n.protocol });
-  const conn = new SpdyConnection(socket, { head, ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}) });
+  return runPortForward(new SpdyConnection(socket, { head, ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}) }), opts);
+}
+
+/**
+ * `kubectl port-forward` over a WebSocket (KEP-4006): the same SPDY/3.1 session, tunnelled in binary
+ * WebSocket messages under the subprotocol `SPDY/3.1+portforward.k8s.io` — what client-go's tunneling
+ * dialer sends, and what an API server with ExtendWebSocketsToKubelet passes through to the kubelet.
+ */
+export function serveWebSocketPortForward(req: IncomingMessage, socket: Duplex, head: Buffer, opts: PortForwardOptions): Promise<void> {
+  const offered = headerList(req, 'sec-websocket-protocol');
+  if (!offered.includes(TUNNEL_PROTOCOL)) {
+    rejectUpgrade(socket, 400, 'unable to upgrade: no tunneling spdy protocols provided');
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    socket.once('close', () => resolve()); // a handshake ws refuses ends here
+    const wss = new WebSocketServer({ noServer: true, handleProtocols: () => TUNNEL_PROTOCOL, perMessageDeflate: false });
+    wss.on('error', () => undefined);
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const tunnel = createWebSocketStream(ws);
+      tunnel.on('error', () => undefined);
+      void runPortForward(new SpdyConnection(tunnel, { ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}) }), opts).then(() => {
+        ws.close(1000);
+        wss.close();
+        resolve();
+      });
+    });
+  });
+}
+
+export const TUNNEL_PROTOCOL = 'SPDY/3.1+portforward.k8s.io';
+
+/** The port-forward session on an established SPDY connection; resolves when the connection closed. */
+function runPortForward(conn: SpdyConnection, opts: PortForwardOptions): Promise<void> {
   const pairs = new Map<string, Pair>();
   const open = new Set<Duplex>();
   const log = (msg: string, fields?: Record<string, unknown>) => opts.log?.(msg, fields);
