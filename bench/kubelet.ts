@@ -2,7 +2,7 @@
 // vmlet's kubelet port (SPDY/3.1 over TLS), to a QEMU VM pod (the Linux test guest, TCG here).
 //   1. `kubectl exec POD -- true` latency against `kubectl get pod POD` (same kubectl, same API server,
 //      no kubelet involved) as the baseline. Target: ratio <= 3.
-//   2. `kubectl port-forward` throughput, BENCH_PF_MIB (default 1024) MiB from a server in the pod's VM,
+//   2. `kubectl port-forward` throughput, BENCH_PF_MIB (default 256; 1024 for the issue's 1 GiB) MiB from a server in the pod's VM,
 //      against a direct connection to the same server in a VM of the same image through QEMU's own port
 //      forward (no kubectl, API server, SPDY or agent). Target: >= 0.5x.
 //   3. `kubectl logs -f` throughput: BENCH_LOG_MIB (default 6) MiB of log lines, followed from the start
@@ -25,7 +25,8 @@ import { ensureTestGuest } from '../test/guest/build.ts';
 import { guestImageSource, importArgs } from '../test/guest/image.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 10);
-const PF_BYTES = Number(process.env.BENCH_PF_MIB ?? 1024) * 1024 * 1024;
+// 1 GiB is the issue's figure; under TCG that is many minutes per path, so the default is 256 MiB.
+const PF_BYTES = Number(process.env.BENCH_PF_MIB ?? 256) * 1024 * 1024;
 // Below the agent's 10 MiB rotation once the CRI prefix is added (kubectl logs reads the current file only).
 const LOG_MIB = Number(process.env.BENCH_LOG_MIB ?? 6);
 const MiB = 1024 ** 2;

@@ -1,37 +1,54 @@
 // `npm run demo`: the main job of vmlet, end to end on this machine, with nothing but what the README's
-// command installs. Today that is a host joining a real cluster as a Node, and a VM booted from an image
-// in a registry with a command run in it; it grows into "a pod becomes a VM, and kubectl exec reaches
-// into it" as the pod issues land.
+// command installs: a host joins a real cluster as a Node, a pod bound to it becomes a VM booted from an
+// image in a registry, and the real kubectl execs into it, reads its logs and forwards a port.
 //
 //   1. a real control plane (etcd + kube-apiserver built from k8s.io/kubernetes) on loopback;
 //   2. `vmlet run` with a kubelet's identity (system:node:<name>), exactly as a user starts it;
 //   3. the real kubectl shows the Node, its conditions, capacity and Lease;
 //   4. the Linux test guest imported as a vmlet image, pushed to a local registry (Debian's
 //      docker-registry), and `vmlet vm run` pulls it, boots it under QEMU and runs commands through the
-//      guest agent.
+//      guest agent;
+//   5. a pod with that image becomes a VM; `kubectl exec`, `kubectl logs` and `kubectl port-forward`
+//      reach it through the API server and vmlet's kubelet port (SPDY over TLS).
 // Pass --stay to keep it all running (Ctrl-C stops it) and try kubectl yourself.
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureTestGuest } from '../test/guest/build.ts';
 import { guestImageSource, importArgs } from '../test/guest/image.ts';
 import { createFixtureDir, removeFixtureDir, waitFor } from '../test/harness/processes.ts';
 import { startRegistry } from '../test/harness/registry.ts';
-import { runVmlet, startClusterWithNode, VMLET_BIN } from '../test/harness/vmlet.ts';
+import { startCluster } from '../test/harness/cluster.ts';
+import { httpGet, tlsAgent } from '../test/harness/https.ts';
+import { runVmlet, VMLET_BIN, VmletProcess } from '../test/harness/vmlet.ts';
 
 const NODE = 'demo-mac';
 const stay = process.argv.includes('--stay');
 const say = (text: string) => console.log(`\n\x1b[1m==> ${text}\x1b[0m`);
 
 say(`A Kubernetes control plane on loopback (etcd + kube-apiserver), and vmlet run --node-name ${NODE} as system:node:${NODE}`);
-const { cluster, vmlet } = await startClusterWithNode(NODE);
+const cluster = await startCluster();
+const nodeDir = path.join(cluster.dir, NODE);
+// The serving certificate comes from the cluster's CA, as the API server checks it when it proxies
+// kubectl exec/logs/port-forward to the kubelet port; the same CA authenticates the API server there.
+const vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(NODE), nodeName: NODE, dir: nodeDir, args: await cluster.kubeletTlsArgs(nodeDir) }).catch(async (err: unknown) => {
+  await cluster.stop();
+  throw err;
+});
+const registry = await startRegistry({});
 const shutdown = async () => {
   await vmlet.stop();
+  // VMs outlive vmlet on purpose (the next vmlet adopts them); the demo's must not outlive the demo.
+  await cluster.kubectl(['delete', 'pod', '--all', '--wait=false']).catch(() => undefined);
+  await sleep(3000);
   await cluster.stop();
+  await registry.stop();
 };
 process.once('SIGINT', () => void shutdown().then(() => process.exit(130)));
 
 try {
+  await vmlet.waitUntilUp();
   console.log(`API server: ${cluster.url} (Kubernetes ${cluster.kubernetesVersion})`);
   for (const line of await vmlet.logs()) console.log(`  vmlet | ${line.level.padEnd(5)} ${line.msg}`);
 
@@ -59,10 +76,8 @@ try {
   const metrics = (await vmlet.admin('/metrics')).body.split('\n').filter((l) => /^vmlet_(api_requests|node_lease|node_status)/.test(l));
   console.log(`$ curl ${vmlet.adminUrl}/metrics | grep ^vmlet_\n${metrics.join('\n')}`);
 
-  await vmDemo();
-
-  console.log('\nPods bound to this node already become VMs (test/e2e/pods.test.ts); the demo will show them, with');
-  console.log('kubectl exec into them, once the kubelet API lands (issue 6). See README.md, "Status".');
+  const image = await vmDemo();
+  await podDemo(image, kubectl);
   if (stay) {
     say(`Still running. Try: kubectl --kubeconfig ${cluster.adminKubeconfig} get nodes   (Ctrl-C stops)`);
     await new Promise(() => undefined);
@@ -72,10 +87,9 @@ try {
 }
 
 /** A VM image in a registry, and `vmlet vm run` booting it and running commands through the agent. */
-async function vmDemo(): Promise<void> {
+async function vmDemo(): Promise<string> {
   say('A VM image: the Linux test guest (Debian cloud kernel, busybox, Node, vmlet-agent) pushed to a local registry');
   const guest = await ensureTestGuest((m) => console.log(`  guest | ${m}`));
-  const registry = await startRegistry({});
   const dir = await createFixtureDir('vmlet-demo-');
   try {
     const build = path.join(dir, 'build-store');
@@ -99,8 +113,53 @@ async function vmDemo(): Promise<void> {
     const code = await vmRun(['--verbose', image, '--', 'sh', '-c', 'echo "hello from $(hostname), kernel $(uname -r)"; cat /proc/cpuinfo | grep -m1 "model name"; free -m | head -2; exit 7']);
     console.log(`(exit code ${code}: the command's own)`);
     await vmRun(['-e', 'WHO=vmlet', image, '--', 'sh', '-c', 'echo "env WHO=$WHO; ps:"; ps | head -5']);
+    return image;
   } finally {
-    await registry.stop();
     await removeFixtureDir(dir);
   }
+}
+
+/** The main job: a pod becomes a VM, and kubectl exec, logs and port-forward reach into it. */
+async function podDemo(image: string, kubectl: (...args: string[]) => Promise<void>): Promise<void> {
+  say(`A pod bound to ${NODE} becomes a VM booted from ${image}`);
+  await cluster.kubectl(['create', 'serviceaccount', 'default']); // no controller-manager in this demo cluster
+  const server = "require('http').createServer((q, s) => s.end('hello over port-forward\\n')).listen(8080); setInterval(() => console.log('up', new Date().toISOString()), 5000); console.log('web server on 8080')";
+  const pod = {
+    apiVersion: 'v1', kind: 'Pod', metadata: { name: 'mac-build-1', namespace: 'default' },
+    spec: {
+      nodeName: NODE, automountServiceAccountToken: false, terminationGracePeriodSeconds: 5,
+      containers: [{ name: 'vm', image, command: ['node', '-e', server], env: [{ name: 'BUILD', value: 'demo-42' }], resources: { limits: { cpu: '1', memory: '1Gi' } } }],
+    },
+  };
+  console.log(`\n$ kubectl apply -f mac-build-1.yaml   # nodeName: ${NODE}, image ${image}, command: node -e <a web server>`);
+  const applied = await cluster.kubectl(['apply', '-f', '-'], { input: JSON.stringify(pod) });
+  process.stdout.write(applied.stdout || applied.stderr);
+  await waitFor('pod Ready', async () => ((await cluster.kubectl(['get', 'pod', 'mac-build-1', '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'])).stdout === 'True' ? true : undefined), { timeoutMs: 300_000, intervalMs: 1000 });
+  await kubectl('get', 'pod', 'mac-build-1', '-o', 'wide');
+  await kubectl('get', 'events', '--field-selector', 'involvedObject.name=mac-build-1', '--sort-by=.lastTimestamp');
+
+  say('kubectl exec into the VM (API server → vmlet kubelet port, SPDY/3.1 over TLS → guest agent)');
+  await kubectl('exec', 'mac-build-1', '--', 'sh', '-c', 'echo "in $(hostname): BUILD=$BUILD, $(nproc) vCPU, kernel $(uname -r)"');
+  const failing = await cluster.kubectl(['exec', 'mac-build-1', '--', 'sh', '-c', 'echo failing on purpose >&2; exit 3']);
+  console.log(`\n$ kubectl exec mac-build-1 -- sh -c 'exit 3'\n${failing.stderr.trim()}\n(kubectl exit code ${failing.code})`);
+
+  say('kubectl logs, and port-forward to the web server in the VM');
+  await kubectl('logs', 'mac-build-1', '--tail=3', '--timestamps');
+  const pf = spawn(cluster.binaries.kubectl, [`--kubeconfig=${cluster.adminKubeconfig}`, 'port-forward', 'pod/mac-build-1', ':8080']);
+  let out = '';
+  pf.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  try {
+    const port = await waitFor('port-forward', async () => Number(/127\.0\.0\.1:(\d+) -> 8080/.exec(out)?.[1]) || undefined, { timeoutMs: 60_000, intervalMs: 200 });
+    console.log(`\n$ kubectl port-forward pod/mac-build-1 :8080   # ${out.trim().split('\n')[0]}`);
+    const body = await (await fetch(`http://127.0.0.1:${port}/`)).text();
+    console.log(`$ curl http://127.0.0.1:${port}/\n${body.trim()}`);
+  } finally {
+    pf.kill();
+  }
+  // The VM's CPU and memory as metrics-server would scrape them from the kubelet port.
+  const cert = await cluster.issueClientCert('kube-apiserver-kubelet-client', ['system:masters']);
+  const agent = tlsAgent({ ca: await readFile(cluster.caFile, 'utf8'), cert: await readFile(cert.certFile, 'utf8'), key: await readFile(cert.keyFile, 'utf8') });
+  const metrics = await httpGet(`${vmlet.kubeletUrl}/metrics/resource`, { agent });
+  await agent.close();
+  console.log(`\n$ curl --cert ... ${vmlet.kubeletUrl}/metrics/resource | grep ^pod_\n${metrics.body.split('\n').filter((l) => l.startsWith('pod_')).join('\n')}`);
 }

@@ -4,7 +4,11 @@
 import type { V1Pod } from '@kubernetes/client-node';
 import type { Duplex, Readable, Writable } from 'node:stream';
 
-/** A failure the kubelet API answers with `status` and a Status body carrying `reason` and the message. */
+/**
+ * A failure the kubelet API answers with `status`: the message as plain text on plain endpoints (as the
+ * kubelet's go-restful WriteError; the API server wraps it in its own Status), a Status body carrying
+ * `reason` when an upgrade is refused.
+ */
 export class KubeletError extends Error {
   override name = 'KubeletError';
   constructor(

@@ -15,6 +15,8 @@ import { after, before, test } from 'node:test';
 import type { V1Pod } from '@kubernetes/client-node';
 import { startCluster, type Cluster } from '../harness/cluster.ts';
 import { runCommand } from '../harness/exec.ts';
+import { httpGet, tlsAgent } from '../harness/https.ts';
+import { parsePrometheus } from '../unit/kubelet/prometheus-text.ts';
 import { waitFor } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
 import { runVmlet, VmletProcess } from '../harness/vmlet.ts';
@@ -185,7 +187,7 @@ test('kubectl logs: all, --tail, --since, --timestamps, --limit-bytes, and -f th
   child.kill('SIGINT');
 });
 
-for (const [transport, env] of TRANSPORTS) test(`kubectl port-forward (${transport}): two ports, concurrent connections, and 32 MiB through and back checksummed`, async () => {
+for (const [transport, env] of TRANSPORTS) test(`kubectl port-forward (${transport}): two ports, concurrent connections, and 8 MiB through and back checksummed`, async () => {
   const from = Date.now();
   const { child, output } = kubectlProcess(['port-forward', `pod/${POD}`, ':8080', ':8081'], env);
   const ports = await waitFor('two forwarded ports', async () => {
@@ -219,7 +221,8 @@ for (const [transport, env] of TRANSPORTS) test(`kubectl port-forward (${transpo
     await done;
     assert.equal(hash.digest('hex'), createHash('sha256').update(data).digest('hex'));
   };
-  await Promise.all([echo(32 * 1024 * 1024), echo(1024 * 1024), echo(10)]);
+  // Under TCG the guest moves about 1 MiB/s each way through the agent channel: 8 MiB keeps this short.
+  await Promise.all([echo(8 * 1024 * 1024), echo(1024 * 1024), echo(10)]);
   assert.ok(!/error/i.test(output()), output());
   child.kill('SIGINT');
   await waitFor('the port-forward session logged', async () => ((await sessionTransports('port-forward', from)).length > 0 ? true : undefined), { timeoutMs: 30_000, intervalMs: 200 });
@@ -266,6 +269,30 @@ test('bad requests get clear answers and leave vmlet serving: no such container,
   assert.match(await garbage(true), /^HTTP\/1\.1 101/, 'upgraded, then closed on the garbage');
   const again = await kubectl(['exec', POD, '--', 'echo', 'still here']);
   assert.equal(again.stdout, 'still here\n');
+});
+
+test('/metrics/resource and /stats/summary report the running VM pod with non-zero CPU and memory', async () => {
+  // Straight to the kubelet port as the API server (and metrics-server) reach it: the API server's node
+  // proxy refuses loopback node addresses, so this test plays the scraper with the same client certificate.
+  const cert = await cluster.issueClientCert('kube-apiserver-kubelet-client', ['system:masters']);
+  const agent = tlsAgent({ ca: await readFile(cluster.caFile, 'utf8'), cert: await readFile(cert.certFile, 'utf8'), key: await readFile(cert.keyFile, 'utf8') });
+  try {
+    const metrics = await httpGet(`${vmlet.kubeletUrl}/metrics/resource`, { agent });
+    assert.equal(metrics.status, 200, metrics.body);
+    const { samples } = parsePrometheus(metrics.body);
+    const pod = (name: string) => samples.find((x) => x.name === name && x.labels.pod === POD && x.labels.namespace === 'default');
+    assert.ok((pod('pod_cpu_usage_seconds_total')?.value ?? 0) > 0, metrics.body);
+    assert.ok((pod('pod_memory_working_set_bytes')?.value ?? 0) > 1024 * 1024, metrics.body);
+    assert.ok(samples.some((x) => x.name === 'container_cpu_usage_seconds_total' && x.labels.pod === POD && x.labels.container === 'vm' && x.value > 0));
+    const summary = await httpGet(`${vmlet.kubeletUrl}/stats/summary`, { agent });
+    assert.equal(summary.status, 200);
+    const body = JSON.parse(summary.body) as { node: { nodeName: string }; pods: { podRef: { name: string; uid: string }; cpu?: { usageCoreNanoSeconds?: number }; memory?: { workingSetBytes?: number } }[] };
+    assert.equal(body.node.nodeName, NODE);
+    const box = body.pods.find((p) => p.podRef.name === POD);
+    assert.ok((box?.cpu?.usageCoreNanoSeconds ?? 0) > 0 && (box?.memory?.workingSetBytes ?? 0) > 0, summary.body);
+  } finally {
+    await agent.close();
+  }
 });
 
 test('kubectl logs --previous shows the run before a restart, and the restart count goes up', async () => {

@@ -57,8 +57,10 @@ export async function runRemoteCommand(
     exit = await proc.exited;
     await Promise.all(copies);
   } catch (err) {
+    // A client that went away detached the process (close()); that is the end, not a failure.
+    if (clientGone) return { error: 'the client went away' };
     const message = `the VM's agent went away: ${(err as Error).message}`;
-    if (!clientGone) await streams.finish(errorStatus(message));
+    await streams.finish(errorStatus(message));
     return { error: message };
   }
   if (!clientGone) {

@@ -64,7 +64,12 @@ export function serveWebSocketPortForward(req: IncomingMessage, socket: Duplex, 
   }
   return new Promise((resolve) => {
     socket.once('close', () => resolve()); // a handshake ws refuses ends here
-    const wss = new WebSocketServer({ noServer: true, handleProtocols: () => TUNNEL_PROTOCOL, perMessageDeflate: false });
+    // "SPDY/3.1+portforward.k8s.io" is not an RFC 7230 token ('/' is a separator), so ws refuses it as a
+    // subprotocol; gorilla/websocket and Go's API server accept it. ws is handed the request without the
+    // header, and the chosen protocol is added to its 101 answer.
+    delete req.headers['sec-websocket-protocol'];
+    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+    wss.on('headers', (headers) => headers.push(`Sec-WebSocket-Protocol: ${TUNNEL_PROTOCOL}`));
     wss.on('error', () => undefined);
     wss.handleUpgrade(req, socket, head, (ws) => {
       const tunnel = createWebSocketStream(ws);
