@@ -12,6 +12,8 @@ import type { MainProcess } from './main-process.ts';
 
 /** A follower that falls this far behind loses the records in between (and is told so). */
 const MAX_LIVE_BYTES = 16 * 1024 * 1024;
+/** Bytes of formatted lines sent as one chunk when reading back the files. */
+const BATCH_BYTES = 64 * 1024;
 
 export type LogStreamOptions = Omit<LogsRequest, 'op' | 'id' | 'stream'>;
 
@@ -103,18 +105,34 @@ async function* logChunks(snapshot: Snapshot, live: LiveRecords, format: LogForm
   try {
     if (tail !== undefined && tail !== null && tail >= 0) {
       const ring: Buffer[] = [];
-      for await (const line of readSnapshot(snapshot)) {
-        for (const l of format.push(line)) {
-          ring.push(l);
-          if (ring.length > tail) ring.shift();
+      for await (const lines of readSnapshot(snapshot)) {
+        for (const line of lines) {
+          for (const l of format.push(line)) {
+            ring.push(l);
+            if (ring.length > tail) ring.shift();
+          }
         }
       }
       if (ring.length) yield Buffer.concat(ring);
     } else {
-      for await (const line of readSnapshot(snapshot)) {
-        const out = format.push(line);
-        if (out.length) yield Buffer.concat(out);
+      // Lines go out in batches: a frame (and, under emulation, a costly trip through the event loop) per
+      // line made `kubectl logs` of a long log crawl.
+      let batch: Buffer[] = [];
+      let bytes = 0;
+      for await (const lines of readSnapshot(snapshot)) {
+        for (const line of lines) {
+          for (const l of format.push(line)) {
+            batch.push(l);
+            bytes += l.length;
+          }
+        }
+        if (bytes >= BATCH_BYTES) {
+          yield Buffer.concat(batch);
+          batch = [];
+          bytes = 0;
+        }
       }
+      if (batch.length) yield Buffer.concat(batch);
     }
     while (live.following) {
       if (live.records.length) {
