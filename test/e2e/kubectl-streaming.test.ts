@@ -271,7 +271,7 @@ test('bad requests get clear answers and leave vmlet serving: no such container,
   assert.equal(again.stdout, 'still here\n');
 });
 
-test('/metrics/resource and /stats/summary report the running VM pod with non-zero CPU and memory', async () => {
+test('/metrics/resource and /stats/summary report the running VM pod with non-zero CPU and memory, and /run answers with a command output', async () => {
   // Straight to the kubelet port as the API server (and metrics-server) reach it: the API server's node
   // proxy refuses loopback node addresses, so this test plays the scraper with the same client certificate.
   const cert = await cluster.issueClientCert('kube-apiserver-kubelet-client', ['system:masters']);
@@ -290,6 +290,11 @@ test('/metrics/resource and /stats/summary report the running VM pod with non-ze
     assert.equal(body.node.nodeName, NODE);
     const box = body.pods.find((p) => p.podRef.name === POD);
     assert.ok((box?.cpu?.usageCoreNanoSeconds ?? 0) > 0 && (box?.memory?.workingSetBytes ?? 0) > 0, summary.body);
+    // The legacy /run: a command's output in the response body.
+    const { request } = await import('undici');
+    const run = await request(`${vmlet.kubeletUrl}/run/default/${POD}/vm?cmd=echo%20ran%20here`, { method: 'POST', dispatcher: agent });
+    assert.equal(run.statusCode, 200);
+    assert.equal(await run.body.text(), 'ran here\n');
   } finally {
     await agent.close();
   }

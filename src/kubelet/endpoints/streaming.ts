@@ -9,10 +9,20 @@ import type { KubeletServer } from '../server.ts';
 import { serveContainerLogs } from './logs.ts';
 import { KubeletError, type KubeletProvider } from '../provider.ts';
 import { runRemoteCommand } from '../streaming/session.ts';
-import { serveSpdyPortForward, serveWebSocketPortForward } from '../streaming/spdy-port-forward.ts';
-import { acceptSpdyRemoteCommand, type WantedStreams } from '../streaming/spdy-remote-command.ts';
-import { acceptWebSocketRemoteCommand } from '../streaming/websocket-remote-command.ts';
+import type { WantedStreams } from '../streaming/spdy-remote-command.ts';
 import { isSpdyUpgrade, isWebSocketUpgrade, rejectUpgrade } from '../streaming/upgrade.ts';
+
+// The transports (the SPDY codec with pako, and ws) load with the first streaming session: an idle node
+// does not carry them (the idle memory budget, BENCHMARKS.md).
+let transports: Promise<{
+  spdy: typeof import('../streaming/spdy-remote-command.ts');
+  ws: typeof import('../streaming/websocket-remote-command.ts');
+  portForward: typeof import('../streaming/spdy-port-forward.ts');
+}> | undefined;
+const loadTransports = () =>
+  (transports ??= Promise.all([
+    import('../streaming/spdy-remote-command.ts'), import('../streaming/websocket-remote-command.ts'), import('../streaming/spdy-port-forward.ts'),
+  ]).then(([spdy, ws, portForward]) => ({ spdy, ws, portForward })));
 
 export interface StreamingContext {
   req: IncomingMessage;
@@ -61,7 +71,8 @@ export async function serveRemoteCommand(ctx: StreamingContext, socket: Duplex, 
   const opts = { ...(ctx.streamCreationTimeoutMs ? { streamCreationTimeoutMs: ctx.streamCreationTimeoutMs } : {}), ...(ctx.idleTimeoutMs ? { idleTimeoutMs: ctx.idleTimeoutMs } : {}) };
   let streams;
   try {
-    streams = spdy ? await acceptSpdyRemoteCommand(ctx.req, socket, head, wanted, opts) : await acceptWebSocketRemoteCommand(ctx.req, socket, head, wanted);
+    const t = await loadTransports();
+    streams = spdy ? await t.spdy.acceptSpdyRemoteCommand(ctx.req, socket, head, wanted, opts) : await t.ws.acceptWebSocketRemoteCommand(ctx.req, socket, head, wanted);
   } catch (err) {
     ctx.log.info({ pod: `${pod.metadata!.namespace}/${pod.metadata!.name}`, kind, err: (err as Error).message }, 'streaming session not set up');
     return;
@@ -87,7 +98,8 @@ export async function servePortForward(ctx: StreamingContext, socket: Duplex, he
   }
   const name = `${pod.metadata!.namespace}/${pod.metadata!.name}`;
   const transport = isSpdyUpgrade(ctx.req) ? 'spdy' : 'websocket';
-  const serve = transport === 'spdy' ? serveSpdyPortForward : serveWebSocketPortForward;
+  const { portForward } = await loadTransports();
+  const serve = transport === 'spdy' ? portForward.serveSpdyPortForward : portForward.serveWebSocketPortForward;
   const started = Date.now();
   await serve(ctx.req, socket, head, {
     dial: (port) => ctx.provider.portForward(pod, port),
