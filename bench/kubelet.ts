@@ -150,6 +150,8 @@ try {
 } finally {
   for (const c of children) c.kill('SIGKILL');
   await direct?.stop(10_000).catch(() => undefined);
+  // Pod VMs outlive vmlet on purpose (the next one adopts them): deleted first, so none is left running.
+  await cluster.kubectl(['delete', 'pod', '--all', '--wait=true', '--timeout=60s']).catch(() => undefined);
   await vmlet?.stop();
   await Promise.all([cluster.stop(), registry.stop()]);
 }

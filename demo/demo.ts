@@ -38,10 +38,10 @@ const vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfi
 });
 const registry = await startRegistry({});
 const shutdown = async () => {
+  // VMs outlive vmlet on purpose (the next vmlet adopts them): the demo's pods are deleted while vmlet
+  // still runs, so it stops their VMs.
+  await cluster.kubectl(['delete', 'pod', '--all', '--wait=true', '--timeout=60s']).catch(() => undefined);
   await vmlet.stop();
-  // VMs outlive vmlet on purpose (the next vmlet adopts them); the demo's must not outlive the demo.
-  await cluster.kubectl(['delete', 'pod', '--all', '--wait=false']).catch(() => undefined);
-  await sleep(3000);
   await cluster.stop();
   await registry.stop();
 };
