@@ -138,7 +138,7 @@ async function podDemo(image: string, kubectl: (...args: string[]) => Promise<vo
   await kubectl('get', 'pod', 'mac-build-1', '-o', 'wide');
   await kubectl('get', 'events', '--field-selector', 'involvedObject.name=mac-build-1', '--sort-by=.lastTimestamp');
 
-  say('kubectl exec into the VM (API server → vmlet kubelet port, SPDY/3.1 over TLS → guest agent)');
+  say("kubectl exec into the VM (API server → vmlet's kubelet port over TLS, WebSocket or SPDY/3.1 → guest agent)");
   await kubectl('exec', 'mac-build-1', '--', 'sh', '-c', 'echo "in $(hostname): BUILD=$BUILD, $(nproc) vCPU, kernel $(uname -r)"');
   const failing = await cluster.kubectl(['exec', 'mac-build-1', '--', 'sh', '-c', 'echo failing on purpose >&2; exit 3']);
   console.log(`\n$ kubectl exec mac-build-1 -- sh -c 'exit 3'\n${failing.stderr.trim()}\n(kubectl exit code ${failing.code})`);

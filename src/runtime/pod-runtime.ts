@@ -184,6 +184,9 @@ export class PodRuntime implements KubeletProvider {
           throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${v.volume}" at ${v.mountPath}: ${err.message}`);
         });
       }
+      // A pod's hostname is its name (or spec.hostname), as in a container; best effort, a guest that
+      // cannot set it still runs the pod.
+      await instance.agent.setHostname(pod.spec!.hostname ?? pod.metadata!.name!).catch((err: Error) => o.log.warn({ uid, err: err.message }, 'setting the hostname in the VM failed'));
       const argv = [...(container.command ?? []), ...(container.args ?? [])];
       if (argv.length > 0) {
         await instance.agent.startMain({

@@ -108,9 +108,9 @@ async function sessionTransports(kind: string, from: number): Promise<string[]> 
 for (const [transport, env] of TRANSPORTS) {
   test(`kubectl exec (${transport}) runs a command in the VM with its stdout, stderr and exit code`, async () => {
     const from = Date.now();
-    const r = await kubectl(['exec', POD, '--', 'sh', '-c', 'echo to-out; echo to-err >&2; uname -s; exit 3'], undefined, env);
+    const r = await kubectl(['exec', POD, '--', 'sh', '-c', 'echo to-out; echo to-err >&2; uname -s; hostname; exit 3'], undefined, env);
     assert.equal(r.code, 3, r.stderr);
-    assert.equal(r.stdout, 'to-out\nLinux\n');
+    assert.equal(r.stdout, `to-out\nLinux\n${POD}\n`, 'the VM is named after its pod');
     assert.match(r.stderr, /to-err/);
     assert.match(r.stderr, /command terminated with exit code 3/);
     const zero = await kubectl(['exec', POD, '-c', 'vm', '--', 'true'], undefined, env);
