@@ -23,6 +23,7 @@ import { installEndpoints } from './endpoints/index.ts';
 import { installStreaming } from './endpoints/streaming.ts';
 import { readHost } from './endpoints/stats.ts';
 import { KubeletError, type KubeletProvider } from './provider.ts';
+import { rawResponse } from './streaming/upgrade.ts';
 
 export interface RouteContext {
   req: IncomingMessage;
@@ -68,7 +69,6 @@ interface CompiledRoute extends Route {
   match(path: string): Record<string, string> | undefined;
 }
 
-const STATUS_TEXT = http.STATUS_CODES;
 
 export class KubeletServer {
   private readonly routes: CompiledRoute[] = [];
@@ -303,19 +303,6 @@ export function sendText(res: ServerResponse, status: number, body: string, cont
   res.end(body);
 }
 
-/** An HTTP answer written straight to a socket taken over by an upgrade, which is then ended. */
-export function rawResponse(socket: Duplex, status: number, body: string, contentType = 'text/plain; charset=utf-8'): void {
-  const head = [
-    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}`,
-    `Content-Type: ${contentType}`,
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    'X-Content-Type-Options: nosniff',
-    'Connection: close',
-  ].join('\r\n');
-  if (socket.writable) socket.end(`${head}\r\n\r\n${body}`);
-  else socket.destroy();
-}
-
 /** Turns a route path into a matcher: ':name' segments, a trailing '*', or a RegExp with named groups. */
 export function compilePath(pattern: string | RegExp): (path: string) => Record<string, string> | undefined {
   if (pattern instanceof RegExp) {
@@ -407,21 +394,20 @@ export async function startKubeletServer(o: KubeletApiOptions): Promise<{ server
   let clientCAs: X509Certificate[] = caFile ? await readCaBundle(caFile) : [];
 
   const quiet = throttled(60_000);
+  /** Creates a TokenReview or SubjectAccessReview and returns its status; a failure is logged once a minute per kind. */
+  const postReview = async <S>(resource: string, apiVersion: string, kind: string, spec: unknown, warning: string): Promise<S> => {
+    try {
+      const review = await api.call<{ status?: S }>('create', resource, { method: 'POST', path: `/apis/${apiVersion}/${resource}`, body: { apiVersion, kind, spec } });
+      return review.status ?? ({} as S);
+    } catch (err) {
+      if (quiet(resource)) log.warn({ err: (err as Error).message }, warning);
+      throw err;
+    }
+  };
   const authenticator = new Authenticator({
     ...(caFile ? { clientCAs: () => clientCAs } : {}),
-    tokenReview: async (token) => {
-      try {
-        const review = await api.call<{ status?: TokenReviewStatus }>('create', 'tokenreviews', {
-          method: 'POST',
-          path: '/apis/authentication.k8s.io/v1/tokenreviews',
-          body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token } },
-        });
-        return review.status ?? {};
-      } catch (err) {
-        if (quiet('tokenreview')) log.warn({ err: (err as Error).message }, 'TokenReview failed: bearer tokens cannot be checked, requests with them get 401');
-        throw err;
-      }
-    },
+    tokenReview: (token) =>
+      postReview<TokenReviewStatus>('tokenreviews', 'authentication.k8s.io/v1', 'TokenReview', { token }, 'TokenReview failed: bearer tokens cannot be checked, requests with them get 401'),
     anonymous: config.kubeletAnonymousAuth,
     tokenSuccessTtlMs: config.kubeletTokenCacheTTL,
   });
@@ -429,19 +415,8 @@ export async function startKubeletServer(o: KubeletApiOptions): Promise<{ server
     config.kubeletAuthorizationMode === 'AlwaysAllow'
       ? new AlwaysAllowAuthorizer()
       : new WebhookAuthorizer({
-          review: async (spec) => {
-            try {
-              const review = await api.call<{ status?: SubjectAccessReviewStatus }>('create', 'subjectaccessreviews', {
-                method: 'POST',
-                path: '/apis/authorization.k8s.io/v1/subjectaccessreviews',
-                body: { apiVersion: 'authorization.k8s.io/v1', kind: 'SubjectAccessReview', spec },
-              });
-              return review.status ?? {};
-            } catch (err) {
-              if (quiet('sar')) log.warn({ err: (err as Error).message }, 'SubjectAccessReview failed: requests get 500 until the API server answers');
-              throw err;
-            }
-          },
+          review: (spec) =>
+            postReview<SubjectAccessReviewStatus>('subjectaccessreviews', 'authorization.k8s.io/v1', 'SubjectAccessReview', spec, 'SubjectAccessReview failed: requests get 500 until the API server answers'),
           allowTtlMs: config.kubeletAuthorizedCacheTTL,
           denyTtlMs: config.kubeletUnauthorizedCacheTTL,
         });

@@ -10,7 +10,7 @@ import { serveContainerLogs } from './logs.ts';
 import { KubeletError, type KubeletProvider } from '../provider.ts';
 import { runRemoteCommand } from '../streaming/session.ts';
 import type { WantedStreams } from '../streaming/spdy-remote-command.ts';
-import { isSpdyUpgrade, isWebSocketUpgrade, rejectUpgrade } from '../streaming/upgrade.ts';
+import { isSpdyUpgrade, isWebSocketUpgrade } from '../streaming/upgrade.ts';
 
 // The transports (the SPDY codec with pako, and ws) load with the first streaming session: an idle node
 // does not carry them (the idle memory budget, BENCHMARKS.md).
@@ -53,21 +53,16 @@ export function podOf(ctx: StreamingContext): V1Pod {
   return pod;
 }
 
-/** exec and attach: checks, upgrade, session. Errors before the upgrade are HTTP answers on the socket. */
+/** exec and attach: checks, upgrade, session. A KubeletError thrown before the upgrade is the server's to answer. */
 export async function serveRemoteCommand(ctx: StreamingContext, socket: Duplex, head: Buffer, kind: 'exec' | 'attach'): Promise<void> {
-  let wanted: WantedStreams;
-  let pod: V1Pod;
   const command = ctx.url.searchParams.getAll('command');
   const container = ctx.params.container ?? '';
-  try {
-    wanted = wantedStreams(ctx.url);
-    pod = podOf(ctx);
-    if (kind === 'exec' && command.length === 0) throw new KubeletError(400, 'BadRequest', 'you must specify at least one command for the container');
-  } catch (err) {
-    return refuse(socket, err);
-  }
+  // A KubeletError thrown before the upgrade is answered by the server (a Status, as the kubelet's).
+  const wanted = wantedStreams(ctx.url);
+  const pod = podOf(ctx);
+  if (kind === 'exec' && command.length === 0) throw new KubeletError(400, 'BadRequest', 'you must specify at least one command for the container');
   const spdy = isSpdyUpgrade(ctx.req);
-  if (!spdy && !isWebSocketUpgrade(ctx.req)) return refuse(socket, new KubeletError(400, 'BadRequest', 'Upgrade request required (SPDY/3.1 or websocket)'));
+  if (!spdy && !isWebSocketUpgrade(ctx.req)) throw new KubeletError(400, 'BadRequest', 'Upgrade request required (SPDY/3.1 or websocket)');
   const opts = { ...(ctx.streamCreationTimeoutMs ? { streamCreationTimeoutMs: ctx.streamCreationTimeoutMs } : {}), ...(ctx.idleTimeoutMs ? { idleTimeoutMs: ctx.idleTimeoutMs } : {}) };
   let streams;
   try {
@@ -89,13 +84,8 @@ export async function serveRemoteCommand(ctx: StreamingContext, socket: Duplex, 
 }
 
 export async function servePortForward(ctx: StreamingContext, socket: Duplex, head: Buffer): Promise<void> {
-  let pod: V1Pod;
-  try {
-    pod = podOf(ctx);
-    if (!isSpdyUpgrade(ctx.req) && !isWebSocketUpgrade(ctx.req)) throw new KubeletError(400, 'BadRequest', 'port-forward needs a SPDY/3.1 or WebSocket upgrade');
-  } catch (err) {
-    return refuse(socket, err);
-  }
+  const pod = podOf(ctx);
+  if (!isSpdyUpgrade(ctx.req) && !isWebSocketUpgrade(ctx.req)) throw new KubeletError(400, 'BadRequest', 'port-forward needs a SPDY/3.1 or WebSocket upgrade');
   const name = `${pod.metadata!.namespace}/${pod.metadata!.name}`;
   const transport = isSpdyUpgrade(ctx.req) ? 'spdy' : 'websocket';
   const { portForward } = await loadTransports();
@@ -125,11 +115,6 @@ export async function serveRun(ctx: StreamingContext, res: ServerResponse): Prom
   const body = Buffer.concat([...chunks, ...errChunks]);
   res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': body.length });
   res.end(body);
-}
-
-function refuse(socket: Duplex, err: unknown): void {
-  const e = err instanceof KubeletError ? err : new KubeletError(500, 'InternalError', (err as Error).message);
-  rejectUpgrade(socket, e.status, e.message);
 }
 
 /** Registers /exec, /attach, /portForward, /run and /containerLogs (the paths the API server proxies to). */

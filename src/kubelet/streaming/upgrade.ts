@@ -2,7 +2,7 @@
 // X-Stream-Protocol-Version as client-go's httpstream.Handshake does it (the first protocol of the
 // client's list that the server speaks wins), and the raw answers written to a socket the HTTP server
 // has handed over (101 Switching Protocols, or an error status that ends the connection).
-import type { IncomingMessage } from 'node:http';
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 export const PROTOCOL_VERSION_HEADER = 'x-stream-protocol-version';
@@ -17,7 +17,7 @@ export function headerList(req: IncomingMessage, name: string): string[] {
   return out;
 }
 
-export type Negotiation = { ok: true; protocol: string } | { ok: false; status: number; message: string; headers?: Record<string, string[]> };
+export type Negotiation = { ok: true; protocol: string } | { ok: false; status: number; message: string; headers?: Record<string, readonly string[]> };
 
 /** client-go's Handshake: the client's order decides; no header at all is the legacy unversioned protocol (""). */
 export function negotiate(clientProtocols: readonly string[], serverProtocols: readonly string[], allowLegacy: boolean): Negotiation {
@@ -34,18 +34,25 @@ export function negotiate(clientProtocols: readonly string[], serverProtocols: r
   };
 }
 
-const REASONS: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
-  500: 'Internal Server Error', 501: 'Not Implemented', 503: 'Service Unavailable',
-};
-
-/** Answers an upgrade request with an HTTP error and ends the socket. */
-export function rejectUpgrade(socket: Duplex, status: number, message: string, headers: Record<string, string[]> = {}): void {
-  const body = `${message}\n`;
-  const lines = [`HTTP/1.1 ${status} ${REASONS[status] ?? 'Error'}`, 'Content-Type: text/plain; charset=utf-8', `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close'];
+/** An HTTP answer written straight to a socket taken over by an upgrade, which is then ended. */
+export function rawResponse(
+  socket: Duplex, status: number, body: string, contentType = 'text/plain; charset=utf-8', headers: Record<string, readonly string[]> = {},
+): void {
+  const lines = [
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`,
+    `Content-Type: ${contentType}`,
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'X-Content-Type-Options: nosniff',
+    'Connection: close',
+  ];
   for (const [k, vs] of Object.entries(headers)) for (const v of vs) lines.push(`${k}: ${v}`);
   if (socket.writable) socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
   else socket.destroy();
+}
+
+/** Answers an upgrade request with an HTTP error (the message as a line of text) and ends the socket. */
+export function rejectUpgrade(socket: Duplex, status: number, message: string, headers: Record<string, readonly string[]> = {}): void {
+  rawResponse(socket, status, `${message}\n`, undefined, headers);
 }
 
 /** Writes the 101 answer; from here on the socket carries the new protocol. */
