@@ -458,13 +458,12 @@ export class PodRuntime implements KubeletProvider {
     const { rec, instance } = this.running(pod, container);
     if (command.length === 0) throw new KubeletError(400, 'BadRequest', 'you must specify a command to run');
     const c = rec.pod.spec!.containers[0]!;
-    const p = await instance.agent.exec({
+    return instance.agent.exec({
       argv: command, stdin: opts.stdin, ...(rec.env ? { env: rec.env } : {}), ...(c.workingDir ? { cwd: c.workingDir } : {}),
       ...(opts.tty ? { tty: { rows: opts.size?.rows ?? 24, cols: opts.size?.cols ?? 80 } } : {}),
     }).catch((err: unknown) => {
       throw agentToKubelet(err, `exec of ${JSON.stringify(command[0])} in container "${container}"`);
     });
-    return { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, exited: p.exited, resize: p.resize, close: p.close };
   }
 
   async attach(pod: V1Pod, container: string, opts: StreamOptions): Promise<StreamedProcess> {
@@ -474,10 +473,9 @@ export class PodRuntime implements KubeletProvider {
       throw new KubeletError(400, 'BadRequest', `container "${container}" has no command: the VM itself is the container, there is no process to attach to (use kubectl exec)`);
     }
     if (opts.stdin && !c.stdin) throw new KubeletError(400, 'BadRequest', `container "${container}" was not started with stdin: true, so its stdin cannot be attached`);
-    const p = await instance.agent.attachMain(container, { stdin: opts.stdin }).catch((err: unknown) => {
+    return instance.agent.attachMain(container, { stdin: opts.stdin }).catch((err: unknown) => {
       throw agentToKubelet(err, `attach to container "${container}"`);
     });
-    return { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, exited: p.exited, resize: p.resize, close: p.close };
   }
 
   async logs(pod: V1Pod, container: string, opts: ContainerLogOptions): Promise<Readable> {
