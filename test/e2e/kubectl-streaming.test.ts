@@ -19,7 +19,7 @@ import { httpGet, tlsAgent } from '../harness/https.ts';
 import { parsePrometheus } from '../unit/kubelet/prometheus-text.ts';
 import { waitFor } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
-import { runVmlet, VmletProcess } from '../harness/vmlet.ts';
+import { killVmProcessesUnder, runVmlet, VmletProcess } from '../harness/vmlet.ts';
 import { ensureTestGuest } from '../guest/build.ts';
 import { guestImageSource, importArgs } from '../guest/image.ts';
 
@@ -93,16 +93,17 @@ before(async () => {
 after(async () => {
   for (const c of children) c.kill('SIGKILL');
   await vmlet?.stop();
-  const ps = await runCommand('ps', ['-eo', 'pid=,args=']).catch(() => ({ stdout: '' }));
-  for (const line of ps.stdout.split('\n').filter((l) => /qemu-system|virtiofsd/.test(l) && vmlet && l.includes(vmlet.dir))) {
-    process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
-  }
+  // VMs outlive vmlet on purpose; the test's own must not outlive the test.
+  if (vmlet) await killVmProcessesUnder(vmlet.dir);
   await Promise.all([cluster?.stop(), registry?.stop()]);
 });
 
-/** The transports of the streaming sessions vmlet logged since `from` (its log has one line per session). */
+/**
+ * The transports of the streaming sessions that started after `from` (vmlet logs one line per session as it
+ * ends, with its duration: a session of the previous test may end, and be logged, after `from`).
+ */
 async function sessionTransports(kind: string, from: number): Promise<string[]> {
-  return (await vmlet.logs()).filter((l) => l.kind === kind && Date.parse(l.time) >= from).map((l) => String(l.transport));
+  return (await vmlet.logs()).filter((l) => l.kind === kind && Date.parse(l.time) - Number(l.ms) >= from).map((l) => String(l.transport));
 }
 
 for (const [transport, env] of TRANSPORTS) {

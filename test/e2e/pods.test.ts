@@ -9,10 +9,9 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { CoreV1Event, V1Pod } from '@kubernetes/client-node';
 import { startCluster, type Cluster } from '../harness/cluster.ts';
-import { runCommand } from '../harness/exec.ts';
 import { waitFor } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
-import { runVmlet, VmletProcess } from '../harness/vmlet.ts';
+import { killVmProcessesUnder, runVmlet, vmProcessesUnder, VmletProcess } from '../harness/vmlet.ts';
 import { ensureTestGuest } from '../guest/build.ts';
 import { guestImageSource, importArgs } from '../guest/image.ts';
 
@@ -44,10 +43,7 @@ function podManifest(name: string, extra: Record<string, unknown> = {}, containe
 const apply = (manifest: unknown) => cluster.kubectl(['apply', '-f', '-'], { input: JSON.stringify(manifest) });
 
 /** QEMU and virtiofsd processes of this vmlet's VMs. */
-async function vmProcesses(): Promise<string[]> {
-  const ps = await runCommand('ps', ['-eo', 'pid=,args=']);
-  return ps.stdout.split('\n').filter((l) => /qemu-system|virtiofsd/.test(l) && l.includes(vmlet.dir));
-}
+const vmProcesses = () => vmProcessesUnder(vmlet.dir);
 
 before(async () => {
   const guest = await ensureTestGuest();
@@ -64,7 +60,7 @@ before(async () => {
 after(async () => {
   await vmlet?.stop();
   // VMs outlive vmlet on purpose; the test's own must not outlive the test.
-  for (const line of (await vmProcesses().catch(() => [])) ?? []) process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
+  if (vmlet) await killVmProcessesUnder(vmlet.dir);
   await Promise.all([cluster?.stop(), registry?.stop()]);
 });
 

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { runCommand } from '../harness/exec.ts';
 import { createFixtureDir, removeFixtureDir } from '../harness/processes.ts';
 import { startRegistry, type Registry } from '../harness/registry.ts';
-import { runVmlet, VMLET_BIN } from '../harness/vmlet.ts';
+import { runVmlet, VMLET_BIN, vmProcessesUnder } from '../harness/vmlet.ts';
 import { ensureTestGuest } from '../guest/build.ts';
 import { guestImageSource, importArgs } from '../guest/image.ts';
 
@@ -20,12 +20,6 @@ let image: string;
 /** `vmlet <group> <verb> --store=STORE ...args`: the store goes before the guest command. */
 const vmlet = (store: string, [group, verb, ...args]: string[], input?: string) =>
   runCommand(process.execPath, [VMLET_BIN, group!, verb!, `--store=${store}`, ...args], { timeoutMs: 240_000, ...(input !== undefined ? { input } : {}) });
-
-/** QEMU processes whose command line mentions `dir`: none may outlive a `vm run`. */
-async function qemusUnder(dir: string): Promise<string[]> {
-  const ps = await runCommand('ps', ['-eo', 'pid=,args=']);
-  return ps.stdout.split('\n').filter((l) => /qemu-system|virtiofsd/.test(l) && l.includes(dir));
-}
 
 before(async () => {
   const guest = await ensureTestGuest();
@@ -53,7 +47,7 @@ test('vm run pulls the image, runs the command in the VM with its stdout, stderr
   assert.equal(r.stdout, 'hello world from vmlet-guest in /tmp\nLinux\n');
   assert.match(r.stderr, /oops\n$/);
   assert.deepEqual(await readdir(path.join(store, 'vms')), [], 'the VM directory is removed');
-  assert.deepEqual(await qemusUnder(store), []);
+  assert.deepEqual(await vmProcessesUnder(store), []);
   const ls = JSON.parse((await vmlet(store, ['image', 'ls', '--json'])).stdout) as Array<{ names: string[]; inUse: boolean }>;
   assert.equal(ls.length, 1);
   assert.equal(ls[0]!.inUse, false, 'the image is released');
@@ -70,7 +64,7 @@ test('vm run -i passes stdin through, and -v shares a host directory the guest c
     'sh', '-c', 'wc -l; cat /mnt/share/note.txt; touch /mnt/share/x 2>/dev/null && echo writable || echo read-only'], input);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.trim().split('\n').map((l) => l.trim()), ['1001', secret, 'read-only']);
-  assert.deepEqual(await qemusUnder(store), []);
+  assert.deepEqual(await vmProcessesUnder(store), []);
 });
 
 test('an image whose disk cannot boot fails vm run with BootFailed and the console tail, and leaves nothing behind', async () => {
@@ -86,7 +80,7 @@ test('an image whose disk cannot boot fails vm run with BootFailed and the conso
   assert.match(r.stderr, /^vmlet: the VM exited before its agent answered \((GuestShutdown|Crashed): /);
   assert.match(r.stderr, /console:/);
   assert.deepEqual(await readdir(path.join(store, 'vms')), []);
-  assert.deepEqual(await qemusUnder(store), []);
+  assert.deepEqual(await vmProcessesUnder(store), []);
 });
 
 test('vm run refuses bad flags in one line before booting anything', async () => {
@@ -114,10 +108,10 @@ test('an image whose guest runs SSH but no agent gets the agent installed over S
   assert.equal(r.code, 4, r.stderr);
   assert.match(r.stdout, /^agent pid \d+: \S*node \/usr\/local\/lib\/vmlet\/vmlet-agent\.cjs/, 'the installed agent ran the command');
   assert.match(r.stderr, /installed after [\d.]+ s/);
-  assert.deepEqual(await qemusUnder(store), []);
+  assert.deepEqual(await vmProcessesUnder(store), []);
 
   const wrong = await vmlet(store, ['vm', 'run', '--boot-timeout=60', '--append=vmlet.agent=off vmlet.ssh=on', '--ssh-user=root', '--ssh-password=nope', image, '--', 'true']);
   assert.equal(wrong.code, 125);
   assert.match(wrong.stderr, /agent did not answer, and it could not be installed over SSH: .*authentication failed/);
-  assert.deepEqual(await qemusUnder(store), []);
+  assert.deepEqual(await vmProcessesUnder(store), []);
 });

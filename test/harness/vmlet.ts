@@ -146,3 +146,14 @@ export async function startClusterWithNode(
     throw err;
   }
 }
+
+/** QEMU and virtiofsd processes whose command line mentions `dir` (a vmlet's dir, a store): "PID ARGS" lines. */
+export async function vmProcessesUnder(dir: string): Promise<string[]> {
+  const ps = await runCommand('ps', ['-eo', 'pid=,args=']);
+  return ps.stdout.split('\n').filter((l) => /qemu-system|virtiofsd/.test(l) && l.includes(dir));
+}
+
+/** Kills what vmProcessesUnder finds: VMs outlive vmlet on purpose, a test's must not outlive the test. */
+export async function killVmProcessesUnder(dir: string): Promise<void> {
+  for (const line of await vmProcessesUnder(dir).catch(() => [])) process.kill(Number(line.trim().split(/\s+/)[0]), 'SIGKILL');
+}
