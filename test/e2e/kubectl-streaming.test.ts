@@ -99,11 +99,15 @@ after(async () => {
 });
 
 /**
- * The transports of the streaming sessions that started after `from` (vmlet logs one line per session as it
- * ends, with its duration: a session of the previous test may end, and be logged, after `from`).
+ * The transports of the `count` streaming sessions that started after `from`. vmlet logs one line per session
+ * as it ends, with its duration, so the line may land after kubectl has exited: wait for `count` of them (and a
+ * session of the previous test may end, and be logged, after `from`: the start time tells it apart).
  */
-async function sessionTransports(kind: string, from: number): Promise<string[]> {
-  return (await vmlet.logs()).filter((l) => l.kind === kind && Date.parse(l.time) - Number(l.ms) >= from).map((l) => String(l.transport));
+async function sessionTransports(kind: string, from: number, count: number): Promise<string[]> {
+  const read = async () =>
+    (await vmlet.logs()).filter((l) => l.kind === kind && Date.parse(l.time) - Number(l.ms) >= from).map((l) => String(l.transport));
+  await waitFor(`${count} ${kind} session(s) logged`, async () => ((await read()).length >= count ? true : undefined), { timeoutMs: 30_000, intervalMs: 200 }).catch(() => undefined);
+  return read();
 }
 
 for (const [transport, env] of TRANSPORTS) {
@@ -116,7 +120,7 @@ for (const [transport, env] of TRANSPORTS) {
     assert.match(r.stderr, /command terminated with exit code 3/);
     const zero = await kubectl(['exec', POD, '-c', 'vm', '--', 'true'], undefined, env);
     assert.equal(zero.code, 0, zero.stderr);
-    assert.deepEqual(await sessionTransports('exec', from), [transport, transport], 'the sessions reached vmlet over this transport');
+    assert.deepEqual(await sessionTransports('exec', from, 2), [transport, transport], 'the sessions reached vmlet over this transport');
   });
 
   test(`kubectl exec -i (${transport}) passes stdin through to the command, end of input included`, async () => {
@@ -226,8 +230,7 @@ for (const [transport, env] of TRANSPORTS) test(`kubectl port-forward (${transpo
   await Promise.all([echo(8 * 1024 * 1024), echo(1024 * 1024), echo(10)]);
   assert.ok(!/error/i.test(output()), output());
   child.kill('SIGINT');
-  await waitFor('the port-forward session logged', async () => ((await sessionTransports('port-forward', from)).length > 0 ? true : undefined), { timeoutMs: 30_000, intervalMs: 200 });
-  assert.deepEqual(await sessionTransports('port-forward', from), [transport]);
+  assert.deepEqual(await sessionTransports('port-forward', from, 1), [transport]);
 });
 
 test('kubectl cp copies a file into the VM and back out unchanged', async () => {
