@@ -123,7 +123,7 @@ export class Daemon {
       vmDir: config.vmDir ?? path.join(config.imageCacheDir, 'vms'),
       nodeName: config.nodeName, hostIP, vmSlots: config.node.vmSlots,
       defaults: { defaultCpus: 1, defaultMemoryMiB: 1024, maxCpus: os.availableParallelism(), maxMemoryMiB: Math.floor(os.totalmem() / 1024 / 1024 / 2) },
-      hostPathPrefixes: [],
+      hostPathPrefixes: config.hostPathPrefixes,
       lookups: { configMap: (ns, name) => get('configmaps', ns, name), secret: (ns, name) => get('secrets', ns, name) },
       credentials,
       pullSecret: async (ns, name) => {

@@ -39,6 +39,7 @@ export const SETTINGS: Setting[] = [
   { path: 'adminAddress', flag: 'admin-address', env: 'VMLET_ADMIN_ADDRESS', kind: 'string', help: 'host:port of /healthz, /readyz, /metrics ("" = off)' },
   { path: 'startupTimeout', flag: 'startup-timeout', env: 'VMLET_STARTUP_TIMEOUT', kind: 'string', help: 'how long to try reaching the API server at start (default 30s)' },
   { path: 'requestTimeout', flag: 'request-timeout', env: 'VMLET_REQUEST_TIMEOUT', kind: 'string', help: 'deadline of one API request (default 10s)' },
+  { path: 'hostPathPrefixes', flag: 'host-path-prefix', env: 'VMLET_HOST_PATH_PREFIXES', kind: 'list', help: 'host directory that hostPath volumes may name, itself or below (repeatable, or comma-separated; default none: hostPath refused)' },
   { path: 'node.ip', flag: 'node-ip', env: 'VMLET_NODE_IP', kind: 'string', help: "the Node's InternalIP (default: first non-loopback IPv4)" },
   { path: 'node.vmSlots', flag: 'vm-slots', env: 'VMLET_VM_SLOTS', kind: 'int', help: 'VMs that may run at once (default 2)' },
   { path: 'node.maxPods', flag: 'max-pods', env: 'VMLET_MAX_PODS', kind: 'int', help: "the Node's pods capacity (default 110)" },

@@ -108,6 +108,14 @@ export const configSchema = z
     startupTimeout: duration('30s'),
     /** Deadline of one API request (watches excepted). */
     requestTimeout: duration('10s'),
+    /**
+     * Host directories a pod's hostPath volume may name (the directory itself or one below it); each is
+     * shared with the VM over virtiofs. Empty (the default): every hostPath volume is refused with a reason.
+     */
+    hostPathPrefixes: z
+      .array(z.string().refine((p) => path.isAbsolute(p), { error: 'must be an absolute path, e.g. /srv/vmlet-shared' }))
+      .default([])
+      .transform((list) => list.map((p) => path.normalize(p).replace(/(.)\/$/, '$1'))),
     node: z
       .object({
         /** InternalIP published in the Node's addresses; default: the first non-loopback IPv4 of the host. */

@@ -130,3 +130,12 @@ test('kubelet API settings: defaults as the kubelet, certificate and key togethe
   assert.match(errorOf(() => loadConfig({ env: {}, flags: { kubeletAnonymousAuth: 'yes' } })), /kubeletAnonymousAuth: must be true or false \(got "yes" from --kubelet-anonymous-auth\)/);
   assert.match(errorOf(() => loadConfig({ env: {}, flags: { kubeletAddress: 'localhost' } })), /kubeletAddress: must be an IP address/);
 });
+
+test('hostPathPrefixes: none by default; absolute directories from a repeated or comma-separated flag, the environment or the file', () => {
+  assert.deepEqual(loadConfig({ env: {}, flags: { nodeName: 'n' } }).hostPathPrefixes, []);
+  assert.deepEqual(loadConfig({ env: {}, flags: { hostPathPrefix: ['/srv/shared/', '/data,/mnt/x'] } }).hostPathPrefixes, ['/srv/shared', '/data', '/mnt/x']);
+  assert.deepEqual(loadConfig({ env: { VMLET_HOST_PATH_PREFIXES: '/a, /b/../c' } }).hostPathPrefixes, ['/a', '/c']);
+  assert.deepEqual(loadConfig({ file: file('h.yaml', 'hostPathPrefixes: [/srv/vm-shared]\n'), env: {} }).hostPathPrefixes, ['/srv/vm-shared']);
+  assert.deepEqual(loadConfig({ env: {}, flags: { hostPathPrefix: '/' } }).hostPathPrefixes, ['/']);
+  assert.match(errorOf(() => loadConfig({ env: {}, flags: { hostPathPrefix: ['/ok', 'shared'] } })), /hostPathPrefixes\.1: must be an absolute path, e\.g\. \/srv\/vmlet-shared \(got "shared" from --host-path-prefix\)/);
+});
