@@ -47,15 +47,16 @@ export async function resolveEnv(pod: V1Pod, container: V1Container, lookups: En
   const secrets = new Map<string, Promise<Record<string, string> | undefined>>();
   const getConfigMap = (name: string) => cached(configMaps, name, () => lookups.configMap(namespace, name));
   const getSecret = (name: string) => cached(secrets, name, () => lookups.secret(namespace, name));
+  const at = containerPath(pod, container);
 
-  for (const from of container.envFrom ?? []) {
+  for (const [i, from] of (container.envFrom ?? []).entries()) {
     const ref = from.configMapRef ?? from.secretRef;
     if (!ref) continue;
     const kind = from.configMapRef ? 'ConfigMap' : 'Secret';
     const data = await (kind === 'ConfigMap' ? getConfigMap(ref.name ?? '') : getSecret(ref.name ?? ''));
     if (!data) {
       if (ref.optional) continue;
-      throw notFound(kind, ref.name ?? '');
+      throw notFound(`${at}.envFrom[${i}].${kind === 'ConfigMap' ? 'configMapRef' : 'secretRef'}`, kind, ref.name ?? '', namespace);
     }
     const invalid: string[] = [];
     for (const key of Object.keys(data).sort()) {
@@ -69,7 +70,8 @@ export async function resolveEnv(pod: V1Pod, container: V1Container, lookups: En
     }
   }
 
-  for (const e of container.env ?? []) {
+  for (const [i, e] of (container.env ?? []).entries()) {
+    const field = `${at}.env[${i}] (${e.name}).valueFrom`;
     if (e.value) {
       env.set(e.name, expand(e.value, env));
       continue;
@@ -82,20 +84,23 @@ export async function resolveEnv(pod: V1Pod, container: V1Container, lookups: En
     if (from.configMapKeyRef || from.secretKeyRef) {
       const ref = (from.configMapKeyRef ?? from.secretKeyRef)!;
       const kind = from.configMapKeyRef ? 'ConfigMap' : 'Secret';
+      const refField = `${field}.${kind === 'ConfigMap' ? 'configMapKeyRef' : 'secretKeyRef'}`;
       const data = await (kind === 'ConfigMap' ? getConfigMap(ref.name ?? '') : getSecret(ref.name ?? ''));
       if (!data) {
         if (ref.optional) continue;
-        throw notFound(kind, ref.name ?? '');
+        throw notFound(refField, kind, ref.name ?? '', namespace);
       }
       if (!Object.hasOwn(data, ref.key)) {
         if (ref.optional) continue;
-        throw new PodSpecError('CreateContainerConfigError', `couldn't find key ${ref.key} in ${kind} ${namespace}/${ref.name}`);
+        const keys = Object.keys(data).sort();
+        const has = keys.length ? `its keys: ${keys.slice(0, 10).join(', ')}${keys.length > 10 ? ', ...' : ''}` : 'it has no keys';
+        throw new PodSpecError('CreateContainerConfigError', `${refField}: couldn't find key ${ref.key} in ${kind} ${namespace}/${ref.name} (${has}); add the key to the ${kind}, correct the key, or set optional: true to start without it`);
       }
       env.set(e.name, data[ref.key]!);
     } else if (from.fieldRef) {
-      env.set(e.name, fieldValue(pod, from.fieldRef.fieldPath, facts));
+      env.set(e.name, prefixed(`${field}.fieldRef`, () => fieldValue(pod, from.fieldRef!.fieldPath, facts)));
     } else if (from.resourceFieldRef) {
-      env.set(e.name, resourceValue(pod, container, from.resourceFieldRef, facts));
+      env.set(e.name, prefixed(`${field}.resourceFieldRef`, () => resourceValue(pod, container, from.resourceFieldRef!, facts)));
     } else {
       env.set(e.name, '');
     }
@@ -109,8 +114,28 @@ function cached<T>(cache: Map<string, Promise<T>>, key: string, load: () => Prom
   return p;
 }
 
-function notFound(kind: 'ConfigMap' | 'Secret', name: string): PodSpecError {
-  return new PodSpecError('CreateContainerConfigError', `${kind.toLowerCase()} "${name}" not found`);
+function notFound(field: string, kind: 'ConfigMap' | 'Secret', name: string, namespace: string): PodSpecError {
+  // The kubelet's words (`configmap "x" not found`), which users search for, with the field and what to do.
+  return new PodSpecError('CreateContainerConfigError', `${field}: ${kind.toLowerCase()} "${name}" not found; create it in namespace ${namespace}, or set optional: true to start without it`);
+}
+
+/** A PodSpecError from `fn` with the field it concerns in front. */
+function prefixed<T>(field: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof PodSpecError) throw new PodSpecError(err.reason, `${field}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** `spec.containers[0] (vm)` or `spec.initContainers[1] (setup)`: where the container is in the pod. */
+function containerPath(pod: V1Pod, container: V1Container): string {
+  for (const list of ['containers', 'initContainers'] as const) {
+    const i = (pod.spec?.[list] ?? []).findIndex((c) => c === container || c.name === container.name);
+    if (i >= 0) return `spec.${list}[${i}] (${container.name})`;
+  }
+  return `container "${container.name}"`;
 }
 
 /**
@@ -165,7 +190,7 @@ const MiB = 1024 * 1024;
 
 function resourceValue(pod: V1Pod, container: V1Container, ref: V1ResourceFieldSelector, facts: EnvFacts): string {
   const target = ref.containerName ? [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === ref.containerName) : container;
-  if (!target) throw new PodSpecError('CreateContainerConfigError', `resourceFieldRef: container "${ref.containerName}" not found in the pod`);
+  if (!target) throw new PodSpecError('CreateContainerConfigError', `containerName: container "${ref.containerName}" not found in the pod`);
   const [kind, res] = ref.resource.split('.', 2) as [string, string];
   if ((kind !== 'limits' && kind !== 'requests') || (res !== 'cpu' && res !== 'memory')) {
     throw new PodSpecError('CreateContainerConfigError', `unsupported container resource : ${ref.resource}`);
@@ -177,7 +202,7 @@ function resourceValue(pod: V1Pod, container: V1Container, ref: V1ResourceFieldS
   let value: number;
   if (text !== undefined && text !== null) value = parseQuantity(String(text));
   else if (facts.vm) value = res === 'cpu' ? facts.vm.cpus : facts.vm.memoryMiB * MiB;
-  else throw new PodSpecError('CreateContainerConfigError', `resourceFieldRef ${ref.resource}: container "${target.name}" has no limit and the VM size is not known`);
+  else throw new PodSpecError('CreateContainerConfigError', `${ref.resource}: container "${target.name}" has no limit and the VM size is not known`);
   const divisor = parseQuantity(divisorText);
   if (res === 'cpu') return String(Math.ceil(milli(value) / milli(divisor)));
   return String(Math.ceil(Math.ceil(value - 1e-9) / Math.ceil(divisor - 1e-9)));

@@ -20,18 +20,29 @@ export interface VmSize {
 export const MIN_MEMORY_MIB = 64;
 const MiB = 1024 * 1024;
 
-export function vmSize(container: V1Container, node: NodeVmSizing): VmSize {
+/**
+ * @param at the container as a field path, for messages; default `spec.containers[0] (<name>)`, the VM
+ * container (VM pods have one container, and init containers run in its VM).
+ */
+export function vmSize(container: V1Container, node: NodeVmSizing, at = `spec.containers[0] (${container.name})`): VmSize {
   const cpu = pick(container, 'cpu');
   const memory = pick(container, 'memory');
-  const cpus = cpu ? Math.ceil(quantity(container, cpu) - 1e-9) : node.defaultCpus;
-  const memoryMiB = memory ? Math.ceil(quantity(container, memory) / MiB - 1e-9) : node.defaultMemoryMiB;
+  const cpus = cpu ? Math.ceil(quantity(at, cpu) - 1e-9) : node.defaultCpus;
+  const memoryMiB = memory ? Math.ceil(quantity(at, memory) / MiB - 1e-9) : node.defaultMemoryMiB;
 
-  const cpuField = cpu ? `${cpu.field} ${cpu.text}` : 'the node default';
-  if (cpus < 1) throw new PodSpecError('InvalidVmSize', `container "${container.name}": ${cpuField} gives the VM no CPU; a VM needs at least 1 vCPU`);
-  if (cpus > node.maxCpus) throw new PodSpecError('InvalidVmSize', `container "${container.name}": ${cpuField} asks for ${cpus} vCPUs; a VM on this node may have at most ${node.maxCpus}`);
-  const memField = memory ? `${memory.field} ${memory.text}` : 'the node default';
-  if (memoryMiB < MIN_MEMORY_MIB) throw new PodSpecError('InvalidVmSize', `container "${container.name}": ${memField} gives the VM ${memoryMiB} MiB of memory; a VM needs at least ${MIN_MEMORY_MIB} MiB`);
-  if (memoryMiB > node.maxMemoryMiB) throw new PodSpecError('InvalidVmSize', `container "${container.name}": ${memField} asks for ${memoryMiB} MiB of memory; a VM on this node may have at most ${node.maxMemoryMiB} MiB`);
+  // "spec.containers[0] (vm).resources.limits.cpu: 1000", or "the node's default VM size (16 vCPUs)".
+  const cpuField = cpu ? `${at}.${cpu.field}: ${cpu.text}` : `${at}: the node default (${node.defaultCpus} vCPU) with no cpu limit or request`;
+  if (cpus < 1) throw new PodSpecError('InvalidVmSize', `${cpuField} gives the VM no CPU; a VM needs at least 1 vCPU (any value from 1m to 1 gives 1)`);
+  if (cpus > node.maxCpus) {
+    throw new PodSpecError('InvalidVmSize', `${cpuField} asks for ${cpus} vCPUs; a VM on this node may have at most ${node.maxCpus}; lower it to ${node.maxCpus} or less (vCPUs are whole: 1500m is 2)`);
+  }
+  const memField = memory ? `${at}.${memory.field}: ${memory.text}` : `${at}: the node default (${node.defaultMemoryMiB} MiB) with no memory limit or request`;
+  if (memoryMiB < MIN_MEMORY_MIB) {
+    throw new PodSpecError('InvalidVmSize', `${memField} gives the VM ${memoryMiB} MiB of memory; a VM needs at least ${MIN_MEMORY_MIB} MiB (and its image may ask for more); give it e.g. 512Mi`);
+  }
+  if (memoryMiB > node.maxMemoryMiB) {
+    throw new PodSpecError('InvalidVmSize', `${memField} asks for ${memoryMiB} MiB of memory; a VM on this node may have at most ${node.maxMemoryMiB} MiB; lower it to ${node.maxMemoryMiB}Mi or less`);
+  }
   return { cpus, memoryMiB };
 }
 
@@ -43,10 +54,10 @@ function pick(c: V1Container, res: 'cpu' | 'memory'): { field: string; text: str
   return undefined;
 }
 
-function quantity(c: V1Container, q: { field: string; text: string }): number {
+function quantity(at: string, q: { field: string; text: string }): number {
   try {
     return parseQuantity(q.text);
   } catch {
-    throw new PodSpecError('InvalidVmSize', `container "${c.name}": ${q.field} "${q.text}" is not a quantity (examples: 500m, 2, 512Mi, 4Gi)`);
+    throw new PodSpecError('InvalidVmSize', `${at}.${q.field}: "${q.text}" is not a quantity (examples: 500m, 2, 512Mi, 4Gi)`);
   }
 }

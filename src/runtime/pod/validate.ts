@@ -6,7 +6,8 @@
 // --pod-manifest-path (standalone mode) reach vmlet without any API server. Checks marked "API server
 // allows" are the ones a user of a cluster will actually meet.
 import path from 'node:path';
-import type { V1Container, V1Pod, V1Probe, V1Volume } from '@kubernetes/client-node';
+import type { V1Container, V1DownwardAPIVolumeFile, V1Pod, V1Probe, V1Volume } from '@kubernetes/client-node';
+import { parseImageRef } from '../../images/registry/reference.ts';
 import { parseQuantity } from '../../kube/quantity.ts';
 import { PodSpecError } from './errors.ts';
 
@@ -28,6 +29,15 @@ interface Problem {
 const SUPPORTED_VOLUMES = ['configMap', 'secret', 'downwardAPI', 'projected', 'emptyDir', 'hostPath'] as const;
 const SUPPORTED_PROJECTIONS = ['configMap', 'secret', 'downwardAPI', 'serviceAccountToken'] as const;
 const VOLUME_HINT = 'VM pods support configMap, secret, downwardAPI, projected, emptyDir and hostPath (under the node\'s allowed prefixes)';
+/** hostPath types a VM can get: a directory, shared over virtiofs ("" skips the kubelet's type check). */
+const HOSTPATH_TYPES = ['', 'Directory', 'DirectoryOrCreate'];
+/**
+ * The smallest ephemeral-storage limit vmlet starts a VM with: a VM writes this much to its disk while it
+ * boots (journal, logs, package caches), so a smaller limit could only ever end in an eviction.
+ */
+export const MIN_EPHEMERAL_STORAGE = 64 * 1024 * 1024;
+/** The container resources env and downwardAPI may refer to in a VM pod (the VM's disk is its image's). */
+const REFERABLE_RESOURCES = ['limits.cpu', 'limits.memory', 'requests.cpu', 'requests.memory'];
 
 /** Throws a PodSpecError naming every field vmlet cannot run; returns when the pod can become a VM. */
 export function checkPod(pod: V1Pod, opts: CheckOptions): void {
@@ -104,8 +114,15 @@ function checkVolume(v: V1Volume, at: string, opts: CheckOptions, add: Add): voi
   if (v.hostPath) {
     const p = v.hostPath.path;
     const allowed = path.isAbsolute(p) && opts.hostPathPrefixes.some((prefix) => under(path.normalize(p), path.normalize(prefix)));
-    if (!allowed) {
-      add('UnsupportedPodSpec', `${at}: hostPath "${p}" is outside the host directories this node shares (${opts.hostPathPrefixes.length ? opts.hostPathPrefixes.join(', ') : 'none are configured'})`);
+    // API server allows any path (Pod Security's baseline level refuses hostPath altogether).
+    if (!allowed && opts.hostPathPrefixes.length === 0) {
+      add('UnsupportedPodSpec', `${at}.hostPath.path: hostPath "${p}" is outside the host directories this node shares (none are configured: the node's hostPathPrefixes setting, --host-path-prefix, is empty); use an emptyDir, configMap or secret volume instead, or ask the node's administrator to share a directory with --host-path-prefix`);
+    } else if (!allowed) {
+      add('UnsupportedPodSpec', `${at}.hostPath.path: hostPath "${p}" is outside the host directories this node shares (${opts.hostPathPrefixes.join(', ')}: its hostPathPrefixes setting); use a path under one of them, or ask the node's administrator to add one with --host-path-prefix`);
+    }
+    const type = v.hostPath.type ?? '';
+    if (!HOSTPATH_TYPES.includes(type)) {
+      add('UnsupportedPodSpec', `${at}.hostPath.type: "${type}" is not supported: a VM gets host directories (shared over virtiofs), not single files, sockets or devices; share the directory that holds it (type Directory) and use the file's path below the mountPath in the guest`);
     }
   }
   if (v.emptyDir?.medium && v.emptyDir.medium !== 'Memory') {
@@ -116,6 +133,17 @@ function checkVolume(v: V1Volume, at: string, opts: CheckOptions, add: Add): voi
       if (!(SUPPORTED_PROJECTIONS as readonly string[]).includes(k)) {
         add('UnsupportedPodSpec', `${at}.projected.sources[${j}]: ${k} is not supported; projected volumes may hold configMap, secret, downwardAPI and serviceAccountToken`);
       }
+    }
+    checkDownwardItems(src.downwardAPI?.items, `${at}.projected.sources[${j}].downwardAPI`, add);
+  });
+  checkDownwardItems(v.downwardAPI?.items, `${at}.downwardAPI`, add);
+}
+
+// API server allows resourceFieldRef items (with a containerName).
+function checkDownwardItems(items: V1DownwardAPIVolumeFile[] | undefined, at: string, add: Add): void {
+  (items ?? []).forEach((item, k) => {
+    if (item.resourceFieldRef) {
+      add('UnsupportedPodSpec', `${at}.items[${k}] (${item.path}).resourceFieldRef: "${item.resourceFieldRef.resource}" is not supported in downwardAPI volumes of VM pods yet; use an environment variable with valueFrom.resourceFieldRef, or a fieldRef item`);
     }
   });
 }
@@ -129,6 +157,15 @@ function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volum
   // API server rejects an empty image on a pod (not on a pod template); a static pod may have none.
   if (!c.image?.trim()) add('InvalidPodSpec', `${at}.image: no image is given; name the VM image, e.g. ghcr.io/cirruslabs/ubuntu:latest`);
   else if (c.image !== c.image.trim()) add('InvalidPodSpec', `${at}.image: "${c.image}" has leading or trailing spaces`);
+  else {
+    // API server allows any image text without spaces at its ends; the kubelet's reason is InvalidImageName.
+    try {
+      parseImageRef(c.image);
+    } catch (err) {
+      const why = (err as Error).message.replace(/^.*invalid image reference "[^"]*": /, '');
+      add('InvalidImageName', `${at}.image: "${c.image}" is not a valid image reference: ${why}; write it as [registry/]repository[:tag][@sha256:digest], e.g. ghcr.io/cirruslabs/ubuntu:latest`);
+    }
+  }
 
   // API server allows.
   (c.ports ?? []).forEach((p, i) => {
@@ -154,6 +191,10 @@ function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volum
     }
     if (m.subPath && (m.subPath.startsWith('/') || m.subPath.split('/').includes('..'))) {
       add('InvalidPodSpec', `${mat}.subPath: "${m.subPath}" must be a relative path inside the volume, without ".."`);
+    } else if (m.subPath || m.subPathExpr) {
+      // API server allows.
+      const field = m.subPath ? 'subPath' : 'subPathExpr';
+      add('UnsupportedPodSpec', `${mat}.${field}: "${m.subPath || m.subPathExpr}" is not supported in VM pods yet (a volume is shared with the VM as a whole directory); mount the whole volume (drop ${field}) and use the path below ${m.mountPath ?? 'the mountPath'} in the guest`);
     }
   });
 
@@ -171,6 +212,13 @@ function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volum
   // 1.32; GA in 1.34): newer clusters let any printable name but "=" through, and then they reach vmlet.
   (c.env ?? []).forEach((e, i) => {
     if (!ENV_NAME.test(e.name)) add('InvalidPodSpec', `${at}.env[${i}].name: "${e.name}" is not a valid environment variable name (letters, digits, "_", "-", "." and not starting with a digit)`);
+  });
+  (c.env ?? []).forEach((e, i) => {
+    const ref = e.valueFrom?.resourceFieldRef;
+    // API server allows ephemeral-storage and hugepages-* too.
+    if (ref && !REFERABLE_RESOURCES.includes(ref.resource)) {
+      add('UnsupportedPodSpec', `${at}.env[${i}] (${e.name}).valueFrom.resourceFieldRef.resource: "${ref.resource}" is not supported in VM pods; use one of ${REFERABLE_RESOURCES.join(', ')} (a VM's disk is its image's, not an ephemeral-storage allocation)`);
+    }
   });
   (c.envFrom ?? []).forEach((e, i) => {
     if (e.prefix && !ENV_NAME.test(e.prefix)) add('InvalidPodSpec', `${at}.envFrom[${i}].prefix: "${e.prefix}" is not a valid start of an environment variable name (letters, digits, "_", "-", "." and not starting with a digit)`);
@@ -198,6 +246,20 @@ function checkResources(c: V1Container, at: string, add: Add): void {
         // API server rejects.
         add('InvalidPodSpec', `${at}.resources.${kind}.${res}: "${String(text)}" is not a quantity (examples: 500m, 2, 512Mi, 4Gi)`);
       }
+    }
+  }
+  // API server allows any non-negative amount.
+  for (const kind of ['limits', 'requests'] as const) {
+    const text = c.resources?.[kind]?.['ephemeral-storage'];
+    if (text === undefined || text === null) continue;
+    let bytes: number | undefined;
+    try {
+      bytes = parseQuantity(String(text));
+    } catch {
+      add('InvalidPodSpec', `${at}.resources.${kind}.ephemeral-storage: "${String(text)}" is not a quantity (examples: 1Gi, 20Gi)`);
+    }
+    if (kind === 'limits' && bytes !== undefined && bytes < MIN_EPHEMERAL_STORAGE) {
+      add('InvalidVmSize', `${at}.resources.limits.ephemeral-storage: ${String(text)} is less than a VM writes to its disk while it boots; give at least 64Mi (e.g. 1Gi) or remove the limit (vmlet does not enforce ephemeral-storage limits yet: a VM's disk is a copy of its image's)`);
     }
   }
   // API server allows a zero limit (the request then defaults to zero too).

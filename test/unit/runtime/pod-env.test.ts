@@ -94,8 +94,8 @@ test('later envFrom sources and then env override earlier ones, and envFrom valu
 });
 
 test('a missing envFrom source fails with the kubelet wording unless it is optional', async () => {
-  assert.equal(await failure({ envFrom: [{ configMapRef: { name: 'nope' } }] }), 'CreateContainerConfigError: configmap "nope" not found');
-  assert.equal(await failure({ envFrom: [{ secretRef: { name: 'nope' } }] }), 'CreateContainerConfigError: secret "nope" not found');
+  assert.equal(await failure({ envFrom: [{ configMapRef: { name: 'nope' } }] }), 'CreateContainerConfigError: spec.containers[0] (vm).envFrom[0].configMapRef: configmap "nope" not found; create it in namespace shop, or set optional: true to start without it');
+  assert.equal(await failure({ envFrom: [{ secretRef: { name: 'nope' } }] }), 'CreateContainerConfigError: spec.containers[0] (vm).envFrom[0].secretRef: secret "nope" not found; create it in namespace shop, or set optional: true to start without it');
   assert.deepEqual(await env({ envFrom: [{ configMapRef: { name: 'nope', optional: true } }], env: [{ name: 'A', value: '1' }] }), { A: '1' });
 });
 
@@ -110,10 +110,10 @@ test('configMapKeyRef and secretKeyRef read one key; missing objects and keys fa
     ],
   });
   assert.deepEqual(out, { LEVEL: 'debug', PW: 's3cret', REF: 's3cret@$(GONE)' });
-  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'nope', key: 'k' } } }] }), 'CreateContainerConfigError: configmap "nope" not found');
-  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'app', key: 'k' } } }] }), "CreateContainerConfigError: couldn't find key k in ConfigMap shop/app");
-  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { secretKeyRef: { name: 'db', key: 'k' } } }] }), "CreateContainerConfigError: couldn't find key k in Secret shop/db");
-  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { secretKeyRef: { name: 'vault', key: 'k' } } }] }), 'CreateContainerConfigError: secret "vault" not found');
+  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'nope', key: 'k' } } }] }), 'CreateContainerConfigError: spec.containers[0] (vm).env[0] (X).valueFrom.configMapKeyRef: configmap "nope" not found; create it in namespace shop, or set optional: true to start without it');
+  assert.match(await failure({ env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'app', key: 'k' } } }] }), /^CreateContainerConfigError: spec\.containers\[0\] \(vm\)\.env\[0\] \(X\)\.valueFrom\.configMapKeyRef: couldn't find key k in ConfigMap shop\/app \(its keys: .*\); add the key to the ConfigMap, correct the key, or set optional: true to start without it$/);
+  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { secretKeyRef: { name: 'db', key: 'k' } } }] }), "CreateContainerConfigError: spec.containers[0] (vm).env[0] (X).valueFrom.secretKeyRef: couldn't find key k in Secret shop/db (its keys: password, user); add the key to the Secret, correct the key, or set optional: true to start without it");
+  assert.equal(await failure({ env: [{ name: 'X', valueFrom: { secretKeyRef: { name: 'vault', key: 'k' } } }] }), 'CreateContainerConfigError: spec.containers[0] (vm).env[0] (X).valueFrom.secretKeyRef: secret "vault" not found; create it in namespace shop, or set optional: true to start without it');
 });
 
 test('each ConfigMap and Secret is read once per resolution, in the pod namespace', async () => {
@@ -142,7 +142,7 @@ test('fieldRef gives the pod fields the kubelet supports', async () => {
   ];
   const out = await env({ env: paths.map(f) }, {}, { ...facts, podIPs: ['10.244.0.7', 'fd00::7'] });
   assert.deepEqual(Object.values(out), ['web-0', 'shop', 'uid-1', 'web', 'ann', '', 'node-a', 'web-sa', '10.0.0.5', '10.0.0.5', '10.244.0.7', '10.244.0.7,fd00::7']);
-  assert.equal(await failure({ env: [f('metadata.generation')] }), 'CreateContainerConfigError: unsupported fieldPath: metadata.generation');
+  assert.equal(await failure({ env: [f('metadata.generation')] }), 'CreateContainerConfigError: spec.containers[0] (vm).env[0] (metadata_generation).valueFrom.fieldRef: unsupported fieldPath: metadata.generation');
 });
 
 test('resourceFieldRef reports limits and requests with their divisor; cpu rounds up', async () => {
@@ -165,8 +165,8 @@ test('resourceFieldRef of an unset limit reports the VM size, and an unset reque
   const rf = (name: string, resource: string, divisor?: string) => ({ name, valueFrom: { resourceFieldRef: { resource, ...(divisor ? { divisor } : {}) } } });
   const out = await env({ env: [rf('CPU', 'limits.cpu'), rf('MEM', 'limits.memory', '1Mi'), rf('REQ', 'requests.memory')] }, {}, { ...facts, vm: { cpus: 3, memoryMiB: 4096 } });
   assert.deepEqual(out, { CPU: '3', MEM: '4096', REQ: '0' });
-  assert.match(await failure({ env: [rf('CPU', 'limits.cpu')] }), /^CreateContainerConfigError: resourceFieldRef limits\.cpu: container "vm" has no limit and the VM size is not known/);
-  assert.equal(await failure({ env: [rf('G', 'limits.nvidia.com/gpu')] }), 'CreateContainerConfigError: unsupported container resource : limits.nvidia.com/gpu');
+  assert.match(await failure({ env: [rf('CPU', 'limits.cpu')] }), /^CreateContainerConfigError: spec\.containers\[0\] \(vm\)\.env\[0\] \(CPU\)\.valueFrom\.resourceFieldRef: limits\.cpu: container "vm" has no limit and the VM size is not known/);
+  assert.equal(await failure({ env: [rf('G', 'limits.nvidia.com/gpu')] }), 'CreateContainerConfigError: spec.containers[0] (vm).env[0] (G).valueFrom.resourceFieldRef: unsupported container resource : limits.nvidia.com/gpu');
 });
 
 test('resourceFieldRef may name another container of the pod', async () => {

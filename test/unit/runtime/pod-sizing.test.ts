@@ -41,13 +41,16 @@ test('memory rounds up to whole MiB, in binary and decimal units', () => {
   assert.equal(vmSize(c({ limits: { memory: String(256 * 1024 * 1024 + 1) } }), node).memoryMiB, 257);
 });
 
-test('out-of-bounds sizes are InvalidVmSize naming the field, the value and the bound', () => {
-  assert.match(refusal(c({ limits: { cpu: '12' } })), /^InvalidVmSize: container "vm": resources\.limits\.cpu 12 asks for 12 vCPUs; a VM on this node may have at most 8$/);
-  assert.match(refusal(c({ requests: { cpu: '8001m' } })), /^InvalidVmSize: container "vm": resources\.requests\.cpu 8001m asks for 9 vCPUs; .*at most 8/);
-  assert.match(refusal(c({ limits: { cpu: '0' } })), /^InvalidVmSize: container "vm": resources\.limits\.cpu 0 gives the VM no CPU/);
-  assert.match(refusal(c({ limits: { memory: '32Gi' } })), /^InvalidVmSize: container "vm": resources\.limits\.memory 32Gi asks for 32768 MiB of memory; a VM on this node may have at most 16384 MiB$/);
-  assert.match(refusal(c({ limits: { memory: '16Mi' } })), /^InvalidVmSize: .*resources\.limits\.memory 16Mi gives the VM 16 MiB of memory; a VM needs at least 64 MiB/);
-  assert.match(refusal(c({ limits: { memory: 'lots' } })), /^InvalidVmSize: container "vm": resources\.limits\.memory "lots" is not a quantity/);
+test('out-of-bounds sizes are InvalidVmSize naming the field path, the value, the bound and what to do', () => {
+  assert.match(refusal(c({ limits: { cpu: '12' } })), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.limits\.cpu: 12 asks for 12 vCPUs; a VM on this node may have at most 8; lower it to 8 or less/);
+  assert.match(refusal(c({ limits: { cpu: '1000' } })), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.limits\.cpu: 1000 asks for 1000 vCPUs/);
+  assert.match(refusal(c({ requests: { cpu: '8001m' } })), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.requests\.cpu: 8001m asks for 9 vCPUs; .*at most 8/);
+  assert.match(refusal(c({ limits: { cpu: '0' } })), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.limits\.cpu: 0 gives the VM no CPU; a VM needs at least 1 vCPU/);
+  assert.match(refusal(c({ limits: { memory: '32Gi' } })), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.limits\.memory: 32Gi asks for 32768 MiB of memory; a VM on this node may have at most 16384 MiB; lower it to 16384Mi or less$/);
+  assert.match(refusal(c({ limits: { memory: '1Ti' } })), /^InvalidVmSize: .*\.resources\.limits\.memory: 1Ti asks for 1048576 MiB of memory/);
+  assert.match(refusal(c({ limits: { memory: '16Mi' } })), /^InvalidVmSize: .*resources\.limits\.memory: 16Mi gives the VM 16 MiB of memory; a VM needs at least 64 MiB \(and its image may ask for more\); give it e\.g\. 512Mi$/);
+  assert.match(refusal(c({ limits: { memory: 'lots' } })), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.limits\.memory: "lots" is not a quantity/);
+  assert.throws(() => vmSize(c({ limits: { cpu: '9' } }), node, 'spec.initContainers[1] (setup)'), /^PodSpecError: spec\.initContainers\[1\] \(setup\)\.resources\.limits\.cpu: 9 asks/);
 });
 
 test('the exact bounds are allowed', () => {
@@ -61,6 +64,6 @@ test('a node default above the node maximum is refused as well, and says it is t
     assert.fail('accepted');
   } catch (err) {
     assert.ok(err instanceof PodSpecError);
-    assert.match(err.message, /the node default asks for 16 vCPUs/);
+    assert.match(err.message, /^spec\.containers\[0\] \(vm\): the node default \(16 vCPU\) with no cpu limit or request asks for 16 vCPUs/);
   }
 });

@@ -33,7 +33,8 @@ test('a plain one-container pod, with the things a VM pod may use, is accepted',
         { name: 'scratch', emptyDir: { medium: 'Memory', sizeLimit: '1Gi' } },
         { name: 'defaulted' },
         { name: 'data', hostPath: { path: '/srv/shared/data' } },
-        { name: 'root', hostPath: { path: '/var/lib/vmlet/host' } },
+        { name: 'root', hostPath: { path: '/var/lib/vmlet/host', type: 'Directory' } },
+        { name: 'made', hostPath: { path: '/srv/shared/new', type: 'DirectoryOrCreate' } },
       ],
       runtimeClassName: 'vmlet',
     },
@@ -42,17 +43,17 @@ test('a plain one-container pod, with the things a VM pod may use, is accepted',
       tty: true,
       command: [],
       workingDir: '/app',
-      env: [{ name: 'A_B.c-d', value: 'x' }, { name: '_X', value: 'y' }],
+      env: [{ name: 'A_B.c-d', value: 'x' }, { name: '_X', value: 'y' }, { name: 'MEM', valueFrom: { resourceFieldRef: { resource: 'limits.memory', divisor: '1Mi' } } }],
       envFrom: [{ prefix: 'CFG_', configMapRef: { name: 'cfg' } }],
       ports: [{ containerPort: 80 }],
       volumeMounts: [
         { name: 'cfg', mountPath: '/etc/cfg', readOnly: true },
-        { name: 'data', mountPath: '/data', subPath: 'a/b' },
+        { name: 'data', mountPath: '/data' },
       ],
       readinessProbe: { httpGet: { path: '/', port: 80 } },
       livenessProbe: { tcpSocket: { port: 80 } },
       lifecycle: { preStop: { sleep: { seconds: 2 } } },
-      resources: { limits: { cpu: '1500m', memory: '2Gi' }, requests: { cpu: '500m', memory: '1Gi' } },
+      resources: { limits: { cpu: '1500m', memory: '2Gi', 'ephemeral-storage': '64Mi' }, requests: { cpu: '500m', memory: '1Gi', 'ephemeral-storage': '1' } },
     },
   );
   assert.equal(verdict(p, { ...opts, runtimeClasses: ['vmlet'] }), 'accepted');
@@ -79,7 +80,33 @@ const cases: Array<[string, V1Pod, RegExp]> = [
   ['a csi volume', pod({ volumes: [{ name: 'c', csi: { driver: 'x.csi.io' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(c\): persistent and CSI volumes/],
   ['a projected clusterTrustBundle', pod({ volumes: [{ name: 'p', projected: { sources: [{ clusterTrustBundle: { path: 'ca.pem', name: 'b' } }] } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(p\)\.projected\.sources\[0\]: clusterTrustBundle is not supported/],
   ['an emptyDir of huge pages', pod({ volumes: [{ name: 'h', emptyDir: { medium: 'HugePages' } }] }), /^UnsupportedPodSpec: .*emptyDir medium "HugePages" is not supported/],
-  ['a hostPath outside the allowed prefixes', pod({ volumes: [{ name: 'etc', hostPath: { path: '/etc' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(etc\): hostPath "\/etc" is outside the host directories this node shares \(\/srv\/shared, \/var\/lib\/vmlet\/host\)/],
+  [
+    'a hostPath outside the allowed prefixes',
+    pod({ volumes: [{ name: 'etc', hostPath: { path: '/etc' } }] }),
+    /^UnsupportedPodSpec: spec\.volumes\[0\] \(etc\)\.hostPath\.path: hostPath "\/etc" is outside the host directories this node shares \(\/srv\/shared, \/var\/lib\/vmlet\/host: its hostPathPrefixes setting\); use a path under one of them, or ask the node's administrator to add one with --host-path-prefix$/,
+  ],
+  ['a hostPath of a single file', pod({ volumes: [{ name: 'sock', hostPath: { path: '/srv/shared/docker.sock', type: 'Socket' } }] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(sock\)\.hostPath\.type: "Socket" is not supported: a VM gets host directories \(shared over virtiofs\), not single files, sockets or devices; share the directory that holds it/],
+  ['a hostPath of type File', pod({ volumes: [{ name: 'f', hostPath: { path: '/srv/shared/a.conf', type: 'File' } }] }), /^UnsupportedPodSpec: .*\.hostPath\.type: "File" is not supported/],
+  ['an image reference in capitals', pod({}, { image: 'Ubuntu:Latest' }), /^InvalidImageName: spec\.containers\[0\] \(vm\)\.image: "Ubuntu:Latest" is not a valid image reference: repository name must be lowercase; write it as \[registry\/\]repository\[:tag\]\[@sha256:digest\]/],
+  ['an image reference with two tags', pod({}, { image: 'ghcr.io/x/vm:1:2' }), /^InvalidImageName: .*\.image: "ghcr\.io\/x\/vm:1:2" is not a valid image reference: /],
+  ['an image digest that is not one', pod({}, { image: 'ghcr.io/x/vm@sha256:abc' }), /^InvalidImageName: .*is not a valid image reference: malformed digest "sha256:abc"/],
+  ['an init container image that is not a reference', pod({ initContainers: [{ name: 'setup', image: 'https://ghcr.io/x/vm:1' }] }), /^InvalidImageName: spec\.initContainers\[0\] \(setup\)\.image: "https:\/\/ghcr\.io\/x\/vm:1" is not a valid image reference/],
+  ['a subPath mount', pod({ volumes: [{ name: 'v', emptyDir: {} }] }, { volumeMounts: [{ name: 'v', mountPath: '/etc/app.conf', subPath: 'app.conf' }] }), /^UnsupportedPodSpec: spec\.containers\[0\] \(vm\)\.volumeMounts\[0\]\.subPath: "app\.conf" is not supported in VM pods yet \(a volume is shared with the VM as a whole directory\); mount the whole volume \(drop subPath\) and use the path below \/etc\/app\.conf in the guest$/],
+  ['a subPathExpr mount', pod({ volumes: [{ name: 'v', emptyDir: {} }] }, { volumeMounts: [{ name: 'v', mountPath: '/logs', subPathExpr: '$(POD_NAME)' }] }), /^UnsupportedPodSpec: .*\.volumeMounts\[0\]\.subPathExpr: "\$\(POD_NAME\)" is not supported in VM pods yet/],
+  ['an ephemeral-storage limit of 1 byte', pod({}, { resources: { limits: { 'ephemeral-storage': '1' } } }), /^InvalidVmSize: spec\.containers\[0\] \(vm\)\.resources\.limits\.ephemeral-storage: 1 is less than a VM writes to its disk while it boots; give at least 64Mi \(e\.g\. 1Gi\) or remove the limit/],
+  ['an ephemeral-storage limit of 0', pod({}, { resources: { limits: { 'ephemeral-storage': '0' } } }), /^InvalidVmSize: .*\.resources\.limits\.ephemeral-storage: 0 is less than/],
+  ['an env resourceFieldRef to ephemeral-storage', pod({}, { env: [{ name: 'DISK', valueFrom: { resourceFieldRef: { resource: 'limits.ephemeral-storage' } } }] }), /^UnsupportedPodSpec: spec\.containers\[0\] \(vm\)\.env\[0\] \(DISK\)\.valueFrom\.resourceFieldRef\.resource: "limits\.ephemeral-storage" is not supported in VM pods; use one of limits\.cpu, limits\.memory, requests\.cpu, requests\.memory/],
+  ['an env resourceFieldRef to huge pages', pod({}, { env: [{ name: 'HP', valueFrom: { resourceFieldRef: { resource: 'limits.hugepages-2Mi' } } }] }), /^UnsupportedPodSpec: .*\.env\[0\] \(HP\)\.valueFrom\.resourceFieldRef\.resource: "limits\.hugepages-2Mi"/],
+  [
+    'a downwardAPI volume item with a resourceFieldRef',
+    pod({ volumes: [{ name: 'info', downwardAPI: { items: [{ path: 'cpu', resourceFieldRef: { containerName: 'vm', resource: 'limits.cpu' } }] } }] }),
+    /^UnsupportedPodSpec: spec\.volumes\[0\] \(info\)\.downwardAPI\.items\[0\] \(cpu\)\.resourceFieldRef: "limits\.cpu" is not supported in downwardAPI volumes of VM pods yet; use an environment variable with valueFrom\.resourceFieldRef/,
+  ],
+  [
+    'a projected downwardAPI item with a resourceFieldRef',
+    pod({ volumes: [{ name: 'p', projected: { sources: [{ downwardAPI: { items: [{ path: 'mem', resourceFieldRef: { containerName: 'vm', resource: 'limits.memory' } }] } }] } }] }),
+    /^UnsupportedPodSpec: spec\.volumes\[0\] \(p\)\.projected\.sources\[0\]\.downwardAPI\.items\[0\] \(mem\)\.resourceFieldRef/,
+  ],
   ['a hostPath that climbs out of a prefix', pod({ volumes: [{ name: 'up', hostPath: { path: '/srv/shared/../../etc' } }] }), /^UnsupportedPodSpec: .*hostPath "\/srv\/shared\/\.\.\/\.\.\/etc" is outside/],
   ['a hostPath that only shares a name prefix', pod({ volumes: [{ name: 'sib', hostPath: { path: '/srv/shared-other' } }] }), /^UnsupportedPodSpec: .*hostPath "\/srv\/shared-other" is outside/],
   ['two volumes with one name', pod({ volumes: [{ name: 'a', emptyDir: {} }, { name: 'a', emptyDir: {} }] }), /^InvalidPodSpec: spec\.volumes\[1\] \(a\): the volume name "a" is used twice/],
@@ -120,7 +147,7 @@ test('a runtimeClassName the node does not answer to is refused only when runtim
 
 test('with no hostPath prefixes configured, every hostPath is refused and the message says none are', () => {
   const p = pod({ volumes: [{ name: 'd', hostPath: { path: '/srv/shared' } }] });
-  assert.match(verdict(p, { hostPathPrefixes: [] }), /hostPath "\/srv\/shared" is outside .*\(none are configured\)/);
+  assert.match(verdict(p, { hostPathPrefixes: [] }), /^UnsupportedPodSpec: spec\.volumes\[0\] \(d\)\.hostPath\.path: hostPath "\/srv\/shared" is outside the host directories this node shares \(none are configured: the node's hostPathPrefixes setting, --host-path-prefix, is empty\); use an emptyDir, configMap or secret volume instead/);
 });
 
 test('every problem is reported at once, with the first one\'s reason', () => {
