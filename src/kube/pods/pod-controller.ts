@@ -172,6 +172,9 @@ export class PodController {
       if (this.runtime.state(uid)?.phase !== 'Running' && !backingOff) {
         // Sync runs long (pull, boot): post the status first so "ContainerCreating" shows meanwhile.
         const syncing = this.runtime.sync(pod);
+        // A sync that fails before the status is posted (a pull refused at once) must not be an unhandled
+        // rejection meanwhile: that ends the process. It is still awaited, and handled, below.
+        syncing.catch(() => undefined);
         await this.postStatus(w);
         await syncing;
       }
