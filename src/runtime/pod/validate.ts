@@ -274,3 +274,32 @@ function checkResources(c: V1Container, at: string, add: Add): void {
     }
   }
 }
+
+/**
+ * What vmlet accepts but does not apply, one Warning Event message each (reason `UnsupportedPodSpecField`),
+ * for the runtime to post once when it takes the pod. The line between refusing and warning: a field that
+ * asks for more of the host than a VM can give (privileged, host namespaces, hostPort, hostPath outside the
+ * prefixes) is refused by checkPod, because the pod would not work as its author expects; a field that asks
+ * for less privilege (the restricted Pod Security settings) is accepted, because the VM boundary already
+ * keeps the pod from the host and refusing would turn away every pod written for restricted namespaces —
+ * but the author is told that inside the VM it is not applied.
+ */
+export function podWarnings(pod: V1Pod): string[] {
+  const out: string[] = [];
+  const spec = pod.spec;
+  if (!spec) return out;
+  const notApplied = (at: string, fields: string[], what: string) => {
+    if (fields.length) out.push(`${fields.map((f) => `${at}.${f}`).join(', ')}: not applied in the VM: ${what}`);
+  };
+  const identity = 'the main process runs as root inside the VM (the VM, not a user ID, keeps it from the host); run the command as another user yourself (e.g. su -s /bin/sh app -c ...) if the image needs it';
+  const podSc = spec.securityContext ?? {};
+  notApplied('spec.securityContext', (['runAsUser', 'runAsGroup', 'runAsNonRoot', 'fsGroup', 'supplementalGroups'] as const).filter((k) => podSc[k] != null), identity);
+  notApplied('spec.securityContext', (['seLinuxOptions', 'seccompProfile', 'appArmorProfile', 'sysctls'] as const).filter((k) => podSc[k] != null), 'the guest kernel is the VM image\'s own, configured by the image, not by the pod');
+  [...(spec.initContainers ?? []).map((c, i) => [c, where('initContainers', i, c)] as const), ...(spec.containers ?? []).map((c, i) => [c, where('containers', i, c)] as const)].forEach(([c, at]) => {
+    const sc = c.securityContext ?? {};
+    notApplied(`${at}.securityContext`, (['runAsUser', 'runAsGroup', 'runAsNonRoot'] as const).filter((k) => sc[k] != null), identity);
+    const confine = (['capabilities', 'readOnlyRootFilesystem', 'allowPrivilegeEscalation', 'seLinuxOptions', 'seccompProfile', 'appArmorProfile', 'procMount'] as const).filter((k) => sc[k] != null && !(k === 'allowPrivilegeEscalation' && sc[k] === true) && !(k === 'readOnlyRootFilesystem' && sc[k] === false));
+    notApplied(`${at}.securityContext`, confine, 'root in the VM has every capability and a writable disk; the VM boundary, not these settings, keeps the pod from the host');
+  });
+  return out;
+}

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { V1Container, V1Pod, V1PodSpec } from '@kubernetes/client-node';
 import { PodSpecError } from '../../../src/runtime/pod/errors.ts';
-import { checkPod } from '../../../src/runtime/pod/validate.ts';
+import { checkPod, podWarnings } from '../../../src/runtime/pod/validate.ts';
 
 const opts = { hostPathPrefixes: ['/srv/shared', '/var/lib/vmlet/host'] };
 const vm: V1Container = { name: 'vm', image: 'ghcr.io/cirruslabs/ubuntu:latest' };
@@ -24,7 +24,7 @@ function verdict(p: V1Pod, o: Parameters<typeof checkPod>[1] = opts): string {
 test('a plain one-container pod, with the things a VM pod may use, is accepted', () => {
   const p = pod(
     {
-      initContainers: [{ name: 'setup', image: 'ghcr.io/x/vm:1', command: ['sh', '-c', 'true'] }],
+      initContainers: [{ name: 'setup', image: 'ghcr.io/cirruslabs/ubuntu:latest', command: ['sh', '-c', 'true'] }],
       volumes: [
         { name: 'cfg', configMap: { name: 'cfg' } },
         { name: 'sec', secret: { secretName: 's' } },
@@ -117,6 +117,8 @@ const cases: Array<[string, V1Pod, RegExp]> = [
   ['a readinessProbe with only timings', pod({}, { readinessProbe: { periodSeconds: 5 } }), /^InvalidPodSpec: spec\.containers\[0\] \(vm\)\.readinessProbe: no handler is given; set one of exec, httpGet, tcpSocket, grpc/],
   ['a livenessProbe with two handlers', pod({}, { livenessProbe: { exec: { command: ['true'] }, tcpSocket: { port: 22 } } }), /^InvalidPodSpec: .*\.livenessProbe: only one handler may be given, found exec and tcpSocket/],
   ['a preStop hook with no handler', pod({}, { lifecycle: { preStop: {} } }), /^InvalidPodSpec: .*\.lifecycle\.preStop: no handler/],
+  ['an init container with another image than the VM\'s', pod({ initContainers: [{ name: 'setup', image: 'busybox:1', command: ['true'] }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(setup\)\.image: "busybox:1" is not the VM's image "ghcr\.io\/cirruslabs\/ubuntu:latest"; init containers of a VM pod run inside its VM/],
+  ['an init container without a command', pod({ initContainers: [{ name: 'setup', image: 'ghcr.io/cirruslabs/ubuntu:latest' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(setup\): an init container of a VM pod needs a command/],
   ['a sidecar init container (restartPolicy Always)', pod({ initContainers: [{ name: 'proxy', image: 'envoy', restartPolicy: 'Always' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(proxy\): restartPolicy Always makes "proxy" a sidecar container/],
   ['an init container with no image', pod({ initContainers: [{ name: 'setup', image: '' }] }), /^InvalidPodSpec: spec\.initContainers\[0\] \(setup\)\.image: no image/],
   ['a cpu limit of 0', pod({}, { resources: { limits: { cpu: '0' } } }), /^InvalidVmSize: .*\.resources\.limits\.cpu: 0 leaves the VM no CPU/],
@@ -165,4 +167,23 @@ test('every problem is reported at once, with the first one\'s reason', () => {
 
 test('a pod without a spec is refused, not a crash', () => {
   assert.match(verdict({ metadata: { name: 'x' } }), /^InvalidPodSpec: spec: the pod has no spec/);
+});
+
+test('restricted Pod Security settings are accepted, each told as not applied in the VM (podWarnings)', () => {
+  const p = pod(
+    { securityContext: { runAsNonRoot: true, runAsUser: 1000, fsGroup: 2000, seccompProfile: { type: 'RuntimeDefault' } } },
+    { securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] }, readOnlyRootFilesystem: true, runAsUser: 1000 } },
+  );
+  assert.equal(verdict(p), 'accepted');
+  const fields = (w: string) => w.slice(0, w.indexOf(': not applied in the VM: '));
+  assert.deepEqual(podWarnings(p).map(fields), [
+    'spec.securityContext.runAsUser, spec.securityContext.runAsNonRoot, spec.securityContext.fsGroup',
+    'spec.securityContext.seccompProfile',
+    'spec.containers[0] (vm).securityContext.runAsUser',
+    'spec.containers[0] (vm).securityContext.capabilities, spec.containers[0] (vm).securityContext.readOnlyRootFilesystem, spec.containers[0] (vm).securityContext.allowPrivilegeEscalation',
+  ]);
+  assert.match(podWarnings(p)[3]!, /: not applied in the VM: root in the VM has every capability and a writable disk; the VM boundary, not these settings, keeps the pod from the host$/);
+  assert.match(podWarnings(p)[0]!, /run the command as another user yourself/);
+  assert.deepEqual(podWarnings(pod({}, { securityContext: { allowPrivilegeEscalation: true, readOnlyRootFilesystem: false } })), []);
+  assert.deepEqual(podWarnings(pod()), []);
 });
