@@ -2,6 +2,7 @@
 // (API client, Node, Lease), the host sensors and the hypervisor probe, and the local admin endpoint.
 // Pod runtime, kubelet API and image layers plug in here as their issues land.
 import type { Config } from './config/schema.ts';
+import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { probeHypervisor } from './drivers/probe.ts';
@@ -10,16 +11,21 @@ import { RegistryClient } from './images/registry/client.ts';
 import { CredentialStore, type PullSecret } from './images/registry/credentials.ts';
 import { ImageStore } from './images/store/image-store.ts';
 import { PodController } from './kube/pods/pod-controller.ts';
+import type { V1Pod } from '@kubernetes/client-node';
+import { StaticPodController } from './static/controller.ts';
+import { isStaticPod } from './static/manifests.ts';
+import { PodView } from './static/pod-view.ts';
+import { StaticPodSource } from './static/source.ts';
 import { PodRuntime } from './runtime/pod-runtime.ts';
 import { readHostFacts, sampleHost } from './host/facts.ts';
 import { ApiHealth } from './kube/api-health.ts';
 import { Backoff, sleep } from './kube/backoff.ts';
 import { KubeApi, describeApiError, httpStatus } from './kube/client.ts';
 import { KubeconfigError } from './kube/errors.ts';
-import { loadKubeconfig } from './kube/kubeconfig.ts';
+import { clusterAccessConfigured, loadKubeconfig } from './kube/kubeconfig.ts';
 import { NodeController } from './kube/node/node-controller.ts';
 import { AdminServer } from './observability/admin-server.ts';
-import { startKubeletServer, type KubeletServer } from './kubelet/server.ts';
+import { createLocalKubeletServer, startKubeletServer, type KubeletServer } from './kubelet/server.ts';
 import type { Logger } from './observability/log.ts';
 import { AgentMetrics } from './observability/metrics.ts';
 import { VMLET_VERSION, KUBELET_VERSION } from './version.ts';
@@ -37,6 +43,10 @@ export class Daemon {
   private api?: KubeApi;
   private admin?: AdminServer;
   private kubelet?: KubeletServer;
+  /** The local API on a unix socket (`vmlet ps/logs/exec`): the kubelet API's server, or its routes alone without an API server. */
+  private local?: KubeletServer;
+  private staticSource?: StaticPodSource;
+  private staticPods?: StaticPodController;
   readonly metrics = new AgentMetrics();
 
   constructor(
@@ -47,6 +57,8 @@ export class Daemon {
   /** Starts everything; resolves once the Node is registered and heartbeating. Throws StartupError. */
   async start(): Promise<void> {
     const { config, log, metrics } = this;
+    // Static pods without a kubeconfig given on purpose: no API server (the kubelet's standalone mode).
+    if (config.podManifestPath !== undefined && !clusterAccessConfigured(config.kubeconfig)) return this.startStandalone();
     const access = loadKubeconfig(config.kubeconfig);
     const health = new ApiHealth(log.child({ component: 'apiserver' }), metrics);
     const api = new KubeApi(access, metrics, health, config.requestTimeout);
@@ -70,20 +82,13 @@ export class Daemon {
     await node.renewLease();
     node.start();
 
-    if (config.adminAddress) {
-      const renewWindow = 3 * config.node.leaseRenewInterval;
-      this.admin = new AdminServer(metrics.registry, [
-        { name: 'apiserver', check: () => (health.reachable ? null : 'the API server does not answer') },
-        { name: 'node-lease', check: () => (Date.now() - node.leaseRenewedAt <= renewWindow ? null : 'the Lease has not been renewed lately') },
-      ]);
-      try {
-        const bound = await this.admin.start(config.adminAddress);
-        log.info({ address: `${bound.address}:${bound.port}` }, 'admin endpoint (/healthz, /readyz, /metrics) listening');
-      } catch (err) {
-        throw new StartupError(`cannot listen on adminAddress ${config.adminAddress}: ${(err as Error).message}`);
-      }
-    }
+    const renewWindow = 3 * config.node.leaseRenewInterval;
+    await this.startAdmin([
+      { name: 'apiserver', check: () => (health.reachable ? null : 'the API server does not answer') },
+      { name: 'node-lease', check: () => (Date.now() - node.leaseRenewedAt <= renewWindow ? null : 'the Lease has not been renewed lately') },
+    ]);
     await this.startKubeletApi(api, facts);
+    await this.startLocalApi(this.kubelet!, false);
     await this.startPods(api, facts.ips[0]);
     const ready = node.lastStatus?.conditions.find((c) => c.type === 'Ready');
     log.info({ uid: node.nodeUid, ready: ready?.status, reason: ready?.reason }, 'node is up');
@@ -94,7 +99,7 @@ export class Daemon {
    * client, the driver and the pod runtime, then the pod controller (which first adopts the VMs a
    * previous vmlet left running).
    */
-  private async startPods(api: KubeApi, firstIp: string | undefined): Promise<void> {
+  private async startPods(api: KubeApi | undefined, firstIp: string | undefined): Promise<void> {
     const { config, log, metrics } = this;
     const probe = await probeHypervisor({ want: config.hypervisor, arch: process.arch === 'arm64' ? 'arm64' : 'amd64' });
     if (!probe.usable || probe.driver !== 'qemu') {
@@ -107,8 +112,11 @@ export class Daemon {
     const credentials = new CredentialStore({});
     this.registry = new RegistryClient({ plainHttpRegistries: [], caPems: [], credentials });
     const hostIP = config.node.ip ?? firstIp ?? '127.0.0.1';
-    const pods = new PodController({ api, nodeName: config.nodeName, log: log.child({ component: 'pods' }), metrics });
+    const pods = api ? new PodController({ api, nodeName: config.nodeName, log: log.child({ component: 'pods' }), metrics }) : undefined;
+    const source = config.podManifestPath !== undefined ? new StaticPodSource({ dir: config.podManifestPath, nodeName: config.nodeName, log: log.child({ component: 'static-pods' }) }) : undefined;
     const get = async (kind: 'configmaps' | 'secrets', ns: string, name: string) => {
+      // Static pods may not reference ConfigMaps or Secrets (the static pod controller refuses them first).
+      if (!api) throw new Error(`${kind} ${ns}/${name} cannot be read: vmlet runs without an API server`);
       try {
         const obj = await api.call<{ data?: Record<string, string> }>('get', kind, { method: 'GET', path: `/api/v1/namespaces/${ns}/${kind}/${name}` });
         const data = obj.data ?? {};
@@ -127,6 +135,7 @@ export class Daemon {
       lookups: { configMap: (ns, name) => get('configmaps', ns, name), secret: (ns, name) => get('secrets', ns, name) },
       credentials,
       pullSecret: async (ns, name) => {
+        if (!api) return undefined;
         try {
           return await api.call<PullSecret>('get', 'secrets', { method: 'GET', path: `/api/v1/namespaces/${ns}/secrets/${name}` });
         } catch (err) {
@@ -135,18 +144,86 @@ export class Daemon {
         }
       },
       log: log.child({ component: 'pod-runtime' }),
-      changed: (uid) => pods.changed(uid),
-      event: (pod, type, reason, message) => pods.event(pod, type, reason, message),
+      // A static pod's news goes to the static pod controller (the log, and its mirror pod), an API pod's to the PodController.
+      changed: (uid) => (!pods || this.staticPods?.get(uid) ? this.staticPods?.changed(uid) : pods.changed(uid)),
+      event: (pod, type, reason, message) => (!pods || isStaticPod(pod) ? this.staticPods?.event(pod, type, reason, message) : pods.event(pod, type, reason, message)),
     });
     this.runtime = runtime;
     this.pods = pods;
-    this.kubelet?.setProvider(runtime);
-    await pods.start(runtime);
-    log.info({ driver: driver.describe(), vmSlots: config.node.vmSlots }, 'pods bound to this node run as VMs');
+    const statics = source ? new StaticPodController({ runtime, log: log.child({ component: 'static-pods' }) }) : undefined;
+    this.staticSource = source;
+    this.staticPods = statics;
+    const view = new PodView(runtime, () => statics?.pods().filter((p) => !runtime.state(p.metadata!.uid!)) ?? []);
+    this.kubelet?.setProvider(view);
+    this.local?.setProvider(view);
+    // The manifests are read before adoption, so that the VMs of static pods (stable UIDs) are kept.
+    const initial = await source?.scan();
+    const isStatic = (uid: string): V1Pod | undefined => source?.pods().get(uid);
+    if (pods) await pods.start(runtime, isStatic);
+    else {
+      const { adopted, removed } = await runtime.adopt(isStatic);
+      if (adopted.length || removed.length) log.info({ adopted, removed }, 'VMs from before the restart: adopted those of static pods, removed the others');
+    }
+    if (source && statics) {
+      for (const pod of initial?.added ?? []) statics.add(pod, source.file(pod.metadata!.uid!));
+      source.start(({ added, removed }) => {
+        for (const pod of removed) statics.remove(pod);
+        for (const pod of added) statics.add(pod, source.file(pod.metadata!.uid!));
+      });
+      log.info({ dir: config.podManifestPath, pods: source.pods().size }, 'static pods from the pod manifest path run as VMs');
+    }
+    log.info({ driver: driver.describe(), vmSlots: config.node.vmSlots }, pods ? 'pods bound to this node run as VMs' : 'static pods run as VMs');
+  }
+
+  /**
+   * Without an API server: static pods from the manifest directory become VMs; their status and Events
+   * go to the log, and the local socket serves `vmlet ps/logs/exec`. No Node, Lease or kubelet port.
+   */
+  private async startStandalone(): Promise<void> {
+    const { config, log } = this;
+    const facts = await readHostFacts();
+    log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, mode: 'standalone', podManifestPath: config.podManifestPath }, 'vmlet starting without an API server (no kubeconfig given): static pods only');
+    await this.startAdmin([]);
+    this.local = createLocalKubeletServer({ config, registry: this.metrics.registry, log: log.child({ component: 'local-api' }) });
+    await this.startLocalApi(this.local, true);
+    await this.startPods(undefined, facts.ips[0]);
+    if (!this.runtime) throw new StartupError('no VM can run on this host (see the log line above), and standalone mode only runs VMs');
+    log.info({ mode: 'standalone' }, 'node is up');
+  }
+
+  /** The admin endpoint (/healthz, /readyz, /metrics), unless turned off. */
+  private async startAdmin(checks: ConstructorParameters<typeof AdminServer>[1]): Promise<void> {
+    const { config, log, metrics } = this;
+    if (!config.adminAddress) return;
+    this.admin = new AdminServer(metrics.registry, checks);
+    try {
+      const bound = await this.admin.start(config.adminAddress);
+      log.info({ address: `${bound.address}:${bound.port}` }, 'admin endpoint (/healthz, /readyz, /metrics) listening');
+    } catch (err) {
+      throw new StartupError(`cannot listen on adminAddress ${config.adminAddress}: ${(err as Error).message}`);
+    }
+  }
+
+  /** The local API socket; without an API server it is the only API, so a failure stops vmlet. */
+  private async startLocalApi(server: KubeletServer, required: boolean): Promise<void> {
+    const { config, log } = this;
+    const socket = config.localSocket ?? path.join(config.imageCacheDir, 'vmlet.sock');
+    try {
+      await mkdir(path.dirname(socket), { recursive: true });
+      await server.listenLocal(socket);
+      log.info({ socket }, 'local API (vmlet ps, logs, exec) listening');
+    } catch (err) {
+      const message = `cannot serve the local API on ${socket}: ${(err as Error).message}`;
+      if (required) throw new StartupError(message);
+      log.warn({ socket, err: (err as Error).message }, `${message}; vmlet ps/logs/exec will not reach this vmlet`);
+    }
   }
 
   async stop(): Promise<void> {
     await this.kubelet?.stop();
+    await this.local?.stop();
+    await this.staticSource?.stop();
+    await this.staticPods?.stop();
     await this.pods?.stop();
     // VMs keep running: the next vmlet adopts them.
     await this.runtime?.detachAll();

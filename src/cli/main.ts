@@ -8,6 +8,7 @@ import { createLogger } from '../observability/log.ts';
 import { addAgentCommands } from './agent.ts';
 import { isUserFacing } from './errors.ts';
 import { addImageCommands } from './image.ts';
+import { addLocalCommands } from './local.ts';
 import { addVmCommands } from './vm.ts';
 import { KUBELET_VERSION, VMLET_VERSION } from '../version.ts';
 
@@ -25,7 +26,7 @@ export function buildProgram(): Command {
 
   const run = program
     .command('run')
-    .description('Join the cluster as a Node and run its pods as VMs')
+    .description('Join the cluster as a Node and run its pods as VMs; with --pod-manifest-path and no kubeconfig, run the static pods of that directory without an API server')
     .option('-c, --config <file>', 'YAML configuration file (settings in docs/CONFIGURATION.md)');
   for (const setting of SETTINGS) {
     const repeatable = setting.kind === 'labels' || setting.kind === 'taints' || setting.kind === 'list';
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   addImageCommands(program);
   addVmCommands(program);
   addAgentCommands(program);
+  addLocalCommands(program);
 
   program
     .command('version')

@@ -29,6 +29,8 @@ export const SETTINGS: Setting[] = [
   { path: 'hypervisor', flag: 'hypervisor', env: 'VMLET_HYPERVISOR', kind: 'string', help: 'auto, qemu or vz' },
   { path: 'imageCacheDir', flag: 'image-cache-dir', env: 'VMLET_IMAGE_CACHE_DIR', kind: 'string', help: 'image cache directory' },
   { path: 'vmDir', flag: 'vm-dir', env: 'VMLET_VM_DIR', kind: 'string', help: 'VM working directories (default <image-cache-dir>/vms)' },
+  { path: 'podManifestPath', flag: 'pod-manifest-path', env: 'VMLET_POD_MANIFEST_PATH', kind: 'string', help: 'directory of static pod manifests run as VMs (without a kubeconfig: standalone, no API server)' },
+  { path: 'localSocket', flag: 'socket', env: 'VMLET_SOCKET', kind: 'string', help: 'unix socket of the local API for vmlet ps/logs/exec (default <image-cache-dir>/vmlet.sock)' },
   { path: 'kubeletPort', flag: 'kubelet-port', env: 'VMLET_KUBELET_PORT', kind: 'int', help: 'kubelet API port published in the Node (default 10250)' },
   { path: 'kubeletAddress', flag: 'kubelet-address', env: 'VMLET_KUBELET_ADDRESS', kind: 'string', help: 'address the kubelet API listens on (default 0.0.0.0)' },
   { path: 'kubeletTlsCertFile', flag: 'kubelet-tls-cert-file', env: 'VMLET_KUBELET_TLS_CERT_FILE', kind: 'string', help: 'kubelet API serving certificate (default: self-signed)' },

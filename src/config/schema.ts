@@ -80,6 +80,13 @@ export const configSchema = z
      * `<imageCacheDir>/vms`. On the image cache's file system, a disk clone is a reflink where it can be.
      */
     vmDir: z.string().min(1).optional(),
+    /**
+     * Directory of static pod manifests (the kubelet's --pod-manifest-path): each *.yaml, *.yml or *.json
+     * file's pods run as VMs on this node. Without a kubeconfig, vmlet then runs standalone (no API server).
+     */
+    podManifestPath: z.string().min(1).optional(),
+    /** Unix socket of the local API (`vmlet ps/logs/exec`), mode 0600; default `<imageCacheDir>/vmlet.sock`. */
+    localSocket: z.string().min(1).optional(),
     /** Port the kubelet API listens on; published in the Node's daemonEndpoints. */
     kubeletPort: z.int().min(1).max(65535).default(10250),
     /** Address the kubelet API listens on (the kubelet's --address). */
@@ -172,7 +179,7 @@ function defaultNodeName(): string {
     .replace(/^[-.]+|[-.]+$/g, '') || 'vmlet';
 }
 
-function defaultCacheDir(): string {
+export function defaultCacheDir(): string {
   if (process.platform === 'darwin') return path.join(os.homedir(), 'Library', 'Caches', 'vmlet');
   return process.getuid?.() === 0 ? '/var/lib/vmlet' : path.join(os.homedir(), '.cache', 'vmlet');
 }

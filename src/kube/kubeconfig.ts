@@ -45,7 +45,17 @@ export function loadKubeconfig(explicit: string | undefined, env: NodeJS.Process
   if (env.KUBERNETES_SERVICE_HOST && existsSync(path.join(IN_CLUSTER_DIR, 'token'))) return inCluster(env);
   const home = path.join(os.homedir(), '.kube', 'config');
   if (existsSync(home)) return fromFile(home);
-  throw new KubeconfigError('no kubeconfig: pass --kubeconfig, set KUBECONFIG, run in a cluster, or create ~/.kube/config');
+  throw new KubeconfigError('no kubeconfig: pass --kubeconfig, set KUBECONFIG, run in a cluster, or create ~/.kube/config (or pass --pod-manifest-path to run static pods without an API server)');
+}
+
+/**
+ * Whether cluster access is configured on purpose: a path, $KUBECONFIG, or the in-cluster service account.
+ * With --pod-manifest-path and none of these vmlet runs standalone, as the kubelet does without
+ * --kubeconfig: a personal ~/.kube/config is not taken as the node's identity then.
+ */
+export function clusterAccessConfigured(explicit: string | undefined, env: NodeJS.ProcessEnv = process.env): boolean {
+  if (explicit ?? env.KUBECONFIG?.split(path.delimiter).find(Boolean)) return true;
+  return Boolean(env.KUBERNETES_SERVICE_HOST && existsSync(path.join(IN_CLUSTER_DIR, 'token')));
 }
 
 function fromFile(file: string): ClusterAccess {

@@ -6,6 +6,7 @@ import type { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http from 'node:http';
+import { chmod, rename, unlink } from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -24,6 +25,7 @@ import { installStreaming } from './endpoints/streaming.ts';
 import { readHost } from './endpoints/stats.ts';
 import { KubeletError, type KubeletProvider } from './provider.ts';
 import { rawResponse } from './streaming/upgrade.ts';
+import { connectUnix } from '../host/unix-socket.ts';
 
 export interface RouteContext {
   req: IncomingMessage;
@@ -73,6 +75,7 @@ interface CompiledRoute extends Route {
 export class KubeletServer {
   private readonly routes: CompiledRoute[] = [];
   private server?: https.Server;
+  private local?: { server: http.Server; path: string };
   private readonly sockets = new Set<Socket | TLSSocket>();
   private provider?: KubeletProvider;
   private readonly log: Logger;
@@ -157,13 +160,67 @@ export class KubeletServer {
   /** Stops listening and closes every connection, upgraded ones (exec, port-forward) included. */
   async stop(): Promise<void> {
     for (const fn of this.stopHooks.splice(0)) fn();
+    const local = this.local;
+    this.local = undefined;
+    const localClosed = local ? new Promise<void>((resolve) => local.server.close(() => resolve())).then(() => unlink(local.path).catch(() => undefined)) : undefined;
     const server = this.server;
-    if (!server) return;
+    if (!server) {
+      for (const socket of this.sockets) socket.destroy();
+      this.sockets.clear();
+      await localClosed;
+      return;
+    }
     this.server = undefined;
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const closed = Promise.all([new Promise<void>((resolve) => server.close(() => resolve())), localClosed]).then(() => undefined);
     for (const socket of this.sockets) socket.destroy();
     this.sockets.clear();
     await closed;
+  }
+
+  /**
+   * Serves the same routes on a unix socket, in plain HTTP and without authentication or authorization:
+   * the socket's mode (0600, the owner of the vmlet process) is the access check. `vmlet ps/logs/exec`
+   * talk to it, with or without an API server. A socket file left by a vmlet that is gone is replaced;
+   * one that answers belongs to a running vmlet, and this throws.
+   */
+  async listenLocal(socketPath: string): Promise<void> {
+    const alive = await connectUnix(socketPath).then((s) => {
+      s.destroy();
+      return true;
+    }, (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : false));
+    if (alive) throw Object.assign(new Error(`another vmlet serves the local socket ${socketPath}`), { code: 'EADDRINUSE' });
+    if (alive === false) await unlink(socketPath).catch(() => undefined);
+    const server = http.createServer();
+    server.keepAliveTimeout = 90_000;
+    server.on('connection', (socket: Socket) => this.track(socket));
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      this.onRequest(req, res, true).catch((err: unknown) => this.internalError(res, err, req));
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.onUpgrade(req, socket, head, true).catch((err: unknown) => {
+        this.log.error({ err, path: req.url }, 'upgrade failed');
+        socket.destroy();
+      });
+    });
+    // Bound under a temporary name, made 0600, then renamed into place: nobody else can connect in between.
+    const temporary = `${socketPath}.${process.pid}.tmp`;
+    await unlink(temporary).catch(() => undefined);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(temporary, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    try {
+      await chmod(temporary, 0o600);
+      await rename(temporary, socketPath);
+    } catch (err) {
+      server.close();
+      throw err;
+    }
+    server.on('error', (err) => this.log.error({ err }, 'local API socket error'));
+    this.local = { server, path: socketPath };
   }
 
   private track(socket: Socket | TLSSocket): void {
@@ -173,10 +230,10 @@ export class KubeletServer {
     socket.once('close', () => this.sockets.delete(socket));
   }
 
-  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async onRequest(req: IncomingMessage, res: ServerResponse, local = false): Promise<void> {
     req.on('error', (err) => this.log.debug({ err: err.message }, 'request stream error'));
     res.on('error', (err) => this.log.debug({ err: err.message }, 'response stream error'));
-    const ctx = await this.admit(req);
+    const ctx = await this.admit(req, local);
     if ('status' in ctx) return sendText(res, ctx.status, ctx.body);
     const found = this.find(ctx.url.pathname, req.method);
     if (found === 'not-allowed') return sendText(res, 405, '405: Method Not Allowed');
@@ -190,9 +247,9 @@ export class KubeletServer {
     }
   }
 
-  private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, local = false): Promise<void> {
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'upgraded connection error'));
-    const ctx = await this.admit(req);
+    const ctx = await this.admit(req, local);
     if ('status' in ctx) return rawResponse(socket, ctx.status, ctx.body);
     const found = this.find(ctx.url.pathname, req.method);
     if (found === 'not-allowed') return rawResponse(socket, 405, '405: Method Not Allowed');
@@ -236,8 +293,12 @@ export class KubeletServer {
   }
 
   /** The kubelet's filter: who is asking (401), may they (403, or 500 when no decision could be had). */
-  private async admit(req: IncomingMessage): Promise<Omit<RouteContext, 'params'> | { status: number; body: string }> {
+  private async admit(req: IncomingMessage, local = false): Promise<Omit<RouteContext, 'params'> | { status: number; body: string }> {
     const url = new URL(req.url ?? '/', 'https://kubelet');
+    if (local) {
+      const provider = this.provider;
+      return { req, url, user: LOCAL_USER, provider: provider ?? UNAVAILABLE, providerReady: provider !== undefined, log: this.log };
+    }
     const authn = await this.opts.authenticator.authenticateRequest(req);
     if (!authn.ok) {
       this.log.debug({ path: url.pathname, reason: authn.reason }, 'unauthorized');
@@ -348,6 +409,9 @@ export function isKubeletProvider(value: unknown): value is KubeletProvider {
     (['getPod', 'listPods', 'runningPods', 'exec', 'attach', 'logs', 'portForward', 'usage'] as const).every((m) => typeof p[m] === 'function')
   );
 }
+
+/** Who a request on the local socket is: whoever may open it (its mode is the check). */
+const LOCAL_USER: UserInfo = { name: 'vmlet:local-socket', groups: [] };
 
 const notReady = (): never => {
   throw new KubeletError(503, 'ServiceUnavailable', 'pods are not served yet: the VM runtime of this node has not started (see the vmlet log for why)');
@@ -478,6 +542,35 @@ export async function startKubeletServer(o: KubeletApiOptions): Promise<{ server
   timer.unref();
   server.onStop(() => clearInterval(timer));
   return { server, address, credentials };
+}
+
+/**
+ * The kubelet API's routes without its TCP port, for the local socket only (listenLocal): what vmlet
+ * serves when it runs without an API server (static pods), where no TokenReview or SubjectAccessReview
+ * could be asked and the socket's mode is the access check.
+ */
+export function createLocalKubeletServer(o: { config: Config; registry: Registry; log: Logger }): KubeletServer {
+  const { config, log } = o;
+  const server = new KubeletServer({
+    nodeName: config.nodeName,
+    credentials: { cert: '', key: '' },
+    authenticator: { authenticateRequest: async () => ({ ok: false, reason: 'this server serves its local socket only' }) },
+    authorizer: new AlwaysAllowAuthorizer(),
+    log,
+  });
+  installEndpoints(server, {
+    nodeName: config.nodeName,
+    config: () => ({
+      nodeName: config.nodeName, address: '', port: 0, tlsCertFile: '', tlsPrivateKeyFile: '', anonymous: false, authorizationMode: 'AlwaysAllow',
+      tokenCacheTtlMs: config.kubeletTokenCacheTTL, authorizedCacheTtlMs: config.kubeletAuthorizedCacheTTL, unauthorizedCacheTtlMs: config.kubeletUnauthorizedCacheTTL,
+      maxPods: config.node.maxPods,
+    }),
+    readHost: () => readHost(config.imageCacheDir),
+    registry: o.registry,
+    log,
+  });
+  installStreaming(server);
+  return server;
 }
 
 /** true at most once per `ms` per key: one log line for a failure that repeats on every request. */

@@ -13,6 +13,9 @@ import { Backoff } from '../backoff.ts';
 import { describeApiError, httpStatus, PATCH, type KubeApi } from '../client.ts';
 import { Reflector } from '../reflector.ts';
 
+/** The kubelet's annotation on a mirror pod (the API's copy of a static pod): it is never run from the API. */
+const MIRROR_ANNOTATION = 'kubernetes.io/config.mirror';
+
 export interface PodControllerOptions {
   api: KubeApi;
   nodeName: string;
@@ -61,14 +64,14 @@ export class PodController {
     });
   }
 
-  /** Lists pods once (for adoption), then watches and works. */
-  async start(runtime: PodRuntime): Promise<void> {
+  /** Lists pods once (for adoption), then watches and works. `staticPod`: pods from elsewhere whose VMs are kept too. */
+  async start(runtime: PodRuntime, staticPod?: (uid: string) => V1Pod | undefined): Promise<void> {
     this.runtime = runtime;
     const list = await this.o.api.call<V1PodList>('list', 'pods', { method: 'GET', path: '/api/v1/pods', query: { fieldSelector: `spec.nodeName=${this.o.nodeName}` } });
     const byUid = new Map(list.items.map((p) => [p.metadata!.uid!, p]));
     const { adopted, removed } = await runtime.adopt((uid) => {
       const pod = byUid.get(uid);
-      return pod && !pod.metadata?.deletionTimestamp ? pod : undefined;
+      return pod && !pod.metadata?.deletionTimestamp && !pod.metadata?.annotations?.[MIRROR_ANNOTATION] ? pod : staticPod?.(uid);
     });
     if (adopted.length || removed.length) this.o.log.info({ adopted, removed }, 'VMs from before the restart: adopted those with a pod, removed the others');
     this.reflector.start();
@@ -109,7 +112,8 @@ export class PodController {
 
   private seen(pod: V1Pod, gone = false): void {
     const uid = pod.metadata?.uid;
-    if (!uid) return;
+    // A mirror pod stands for a static pod, which runs from its manifest file (src/static/).
+    if (!uid || pod.metadata?.annotations?.[MIRROR_ANNOTATION] !== undefined) return;
     const w = this.work.get(uid);
     if (w) {
       w.pod = pod;
