@@ -258,6 +258,9 @@ async function httpGet(
   const port = resolvePort(action.port, container);
   const hostport = joinHostPort(hostname, port);
   const rel = new URL(action.path || '/', 'http://placeholder/');
+  if (scheme !== 'http' && scheme !== 'https') {
+    throw new Error(`Get ${goQuote(`${scheme}://${hostport}${rel.pathname}${rel.search}`)}: unsupported protocol scheme ${goQuote(scheme)}`);
+  }
   const first = new URL(`${scheme}://${hostport}${rel.pathname}${rel.search}`);
   let url = first;
   let urlText = `${scheme}://${hostport}${rel.pathname}${rel.search}`;
