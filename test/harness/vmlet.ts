@@ -18,7 +18,8 @@ export interface LogLine {
 }
 
 export interface VmletOptions {
-  kubeconfig: string;
+  /** Without one (and without $KUBECONFIG, which is then not passed on): standalone, with --pod-manifest-path in args. */
+  kubeconfig: string | undefined;
   nodeName: string;
   /** Extra `vmlet run` flags. */
   args?: string[];
@@ -54,7 +55,7 @@ export class VmletProcess {
     const args = [
       VMLET_BIN,
       'run',
-      `--kubeconfig=${opts.kubeconfig}`,
+      ...(opts.kubeconfig ? [`--kubeconfig=${opts.kubeconfig}`] : []),
       `--node-name=${opts.nodeName}`,
       `--admin-address=127.0.0.1:${adminPort}`,
       `--image-cache-dir=${join(dir, 'cache')}`,
@@ -65,11 +66,15 @@ export class VmletProcess {
       ...(tls?.clientCaFile ? [`--kubelet-client-ca-file=${tls.clientCaFile}`] : []),
       ...(opts.args ?? []),
     ];
-    const proc = spawnTracked(`vmlet ${opts.nodeName}`, process.execPath, args, {
-      logFile,
-      env: { ...process.env, ...opts.env },
-    });
+    const env = { ...process.env, ...opts.env };
+    if (!opts.kubeconfig) delete env.KUBECONFIG;
+    const proc = spawnTracked(`vmlet ${opts.nodeName}`, process.execPath, args, { logFile, env });
     return new VmletProcess(proc, `http://127.0.0.1:${adminPort}`, `https://127.0.0.1:${kubeletPort}`, dir, logOffset);
+  }
+
+  /** The local API socket (`vmlet ps/logs/exec --socket`), unless args set another. */
+  get socket(): string {
+    return join(this.dir, 'cache', 'vmlet.sock');
   }
 
   get pid(): number {
