@@ -221,7 +221,7 @@ const cases: Case[] = [
   {
     name: 'container-image', phase: 'Pending', reason: /^(ErrImagePull|ImagePullBackOff|CreateContainerError)$/,
     pod: (n) => manifest(n, {}, { image: containerImage }),
-    message: /oci\/hello:1 is not a VM image \(layer media types: application\/vnd\.oci\.image\.layer\.v1\.tar\+gzip\); expected Tart .* or Agoda .* layers/,
+    message: /oci\/hello:1 is not a VM image \(layer media types: application\/vnd\.oci\.image\.layer\.v1\.tar\+gzip\); expected Tart .* or Agoda .* layers: it is a container image, and vmlet runs VM images only \(build one with `vmlet image import` or Tart/,
   },
   {
     // Pulls the VM image (no boot): the image's memorySizeMin is 256 MiB.

@@ -50,7 +50,10 @@ export function vmImageLayout(manifest: ImageManifest, image: string): VmImageLa
     throw new ImageFormatError(`${image} uses Tart's legacy disk.v1 layers, which Tart itself no longer pulls: push it again with a current Tart or vmlet`);
   }
   const known = [...types].slice(0, 3).join(', ');
-  throw new ImageFormatError(`${image} is not a VM image (layer media types: ${known}); expected Tart (${MEDIA.tartConfig}) or Agoda (${MEDIA.agodaArtifact}) layers`);
+  // The usual case: a container image (docker build/push), which needs a container runtime, not a VM.
+  const container = [...types].every((t) => /^application\/vnd\.(oci\.image\.layer\.|docker\.image\.rootfs\.)/.test(t));
+  const hint = container ? ': it is a container image, and vmlet runs VM images only (build one with `vmlet image import` or Tart, or run this image on a node with a container runtime)' : '';
+  throw new ImageFormatError(`${image} is not a VM image (layer media types: ${known}); expected Tart (${MEDIA.tartConfig}) or Agoda (${MEDIA.agodaArtifact}) layers${hint}`);
 }
 
 function tartLayout(manifest: ImageManifest, image: string): VmImageLayout {

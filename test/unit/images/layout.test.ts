@@ -37,6 +37,11 @@ test('manifests that are not valid VM images are refused with the reason', () =>
     assert.throws(() => vmImageLayout(m, 'reg/x:1'), (e: Error) => e instanceof ImageFormatError && pattern.test(e.message));
   refuse(tart([]), /has no layers/);
   refuse(tart([{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: d(5), size: 1 }]), /is not a VM image \(layer media types: application\/vnd\.oci\.image\.layer\.v1\.tar\)/);
+  // A container image (docker build/push) is named as one, with what to do instead.
+  const hint = /: it is a container image, and vmlet runs VM images only \(build one with `vmlet image import` or Tart, or run this image on a node with a container runtime\)$/;
+  refuse({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: d(1), size: 1 }, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: d(5), size: 1 }] }, hint);
+  refuse({ schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.v2+json', config: { mediaType: 'application/vnd.docker.container.image.v1+json', digest: d(1), size: 1 }, layers: [{ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', digest: d(5), size: 1 }] }, hint);
+  assert.throws(() => vmImageLayout(tart([{ mediaType: 'application/x-unknown', digest: d(5), size: 1 }]), 'reg/x:1'), (e: Error) => !/container image/.test(e.message));
   refuse(tart([config, config, disk(10, 1)]), /2 Tart config layers/);
   refuse(tart([config]), /no disk layers/);
   refuse(tart([config, { ...disk(10, 1), annotations: {} }]), /lacks a valid org\.cirruslabs\.tart\.uncompressed-size/);
