@@ -303,3 +303,28 @@ export function podWarnings(pod: V1Pod): string[] {
   });
   return out;
 }
+
+/** A RuntimeClass as the API returns it: its name and the handler (the CRI runtime) it selects. */
+export interface RuntimeClassRef {
+  name: string;
+  handler: string;
+}
+
+/**
+ * The kubelet hands a pod's RuntimeClass handler to its container runtime, which refuses one it does not
+ * have; vmlet is that runtime, so it checks the handler itself. `found`: the RuntimeClass named by
+ * spec.runtimeClassName (undefined: it does not exist, e.g. deleted after the pod was admitted);
+ * `handlers`: the handlers this node runs (e.g. ["vmlet"]). Throws UnsupportedPodSpec; a pod without a
+ * runtimeClassName always passes.
+ */
+export function checkRuntimeClass(pod: V1Pod, found: RuntimeClassRef | undefined, handlers: readonly string[]): void {
+  const name = pod.spec?.runtimeClassName;
+  if (!name) return;
+  const ours = handlers.length === 1 ? `handler "${handlers[0]}"` : `handlers ${handlers.map((h) => `"${h}"`).join(', ')}`;
+  if (!found) {
+    throw new PodSpecError('UnsupportedPodSpec', `spec.runtimeClassName: RuntimeClass "${name}" not found; create it with handler: ${handlers[0] ?? 'vmlet'}, or remove runtimeClassName`);
+  }
+  if (!handlers.includes(found.handler)) {
+    throw new PodSpecError('UnsupportedPodSpec', `spec.runtimeClassName: RuntimeClass "${name}" selects handler "${found.handler}", which this node does not have (it runs VMs with ${ours}); use a RuntimeClass whose handler is ${handlers[0] ?? 'vmlet'}, or run the pod on a node with "${found.handler}"`);
+  }
+}

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { V1Container, V1Pod, V1PodSpec } from '@kubernetes/client-node';
 import { PodSpecError } from '../../../src/runtime/pod/errors.ts';
-import { checkPod, podWarnings } from '../../../src/runtime/pod/validate.ts';
+import { checkPod, checkRuntimeClass, podWarnings } from '../../../src/runtime/pod/validate.ts';
 
 const opts = { hostPathPrefixes: ['/srv/shared', '/var/lib/vmlet/host'] };
 const vm: V1Container = { name: 'vm', image: 'ghcr.io/cirruslabs/ubuntu:latest' };
@@ -186,4 +186,24 @@ test('restricted Pod Security settings are accepted, each told as not applied in
   assert.match(podWarnings(p)[0]!, /run the command as another user yourself/);
   assert.deepEqual(podWarnings(pod({}, { securityContext: { allowPrivilegeEscalation: true, readOnlyRootFilesystem: false } })), []);
   assert.deepEqual(podWarnings(pod()), []);
+});
+
+test('checkRuntimeClass: a RuntimeClass is run only when its handler is one the node has, and a missing one is named', () => {
+  const refusal = (p: V1Pod, found: Parameters<typeof checkRuntimeClass>[1], handlers = ['vmlet']) => {
+    try {
+      checkRuntimeClass(p, found, handlers);
+      return 'accepted';
+    } catch (err) {
+      assert.ok(err instanceof PodSpecError);
+      return `${err.reason}: ${err.message}`;
+    }
+  };
+  assert.equal(refusal(pod(), undefined), 'accepted');
+  assert.equal(refusal(pod({ runtimeClassName: 'vm' }), { name: 'vm', handler: 'vmlet' }), 'accepted');
+  assert.equal(
+    refusal(pod({ runtimeClassName: 'gvisor' }), { name: 'gvisor', handler: 'runsc' }),
+    'UnsupportedPodSpec: spec.runtimeClassName: RuntimeClass "gvisor" selects handler "runsc", which this node does not have (it runs VMs with handler "vmlet"); use a RuntimeClass whose handler is vmlet, or run the pod on a node with "runsc"',
+  );
+  assert.match(refusal(pod({ runtimeClassName: 'kata' }), { name: 'kata', handler: 'kata' }, ['vmlet', 'vmlet-macos']), /with handlers "vmlet", "vmlet-macos"\)/);
+  assert.equal(refusal(pod({ runtimeClassName: 'gone' }), undefined), 'UnsupportedPodSpec: spec.runtimeClassName: RuntimeClass "gone" not found; create it with handler: vmlet, or remove runtimeClassName');
 });
