@@ -13,6 +13,7 @@ import { ImageStore } from './images/store/image-store.ts';
 import { PodController } from './kube/pods/pod-controller.ts';
 import type { V1Pod } from '@kubernetes/client-node';
 import { StaticPodController } from './static/controller.ts';
+import { MirrorPods } from './static/mirror.ts';
 import { isStaticPod } from './static/manifests.ts';
 import { PodView } from './static/pod-view.ts';
 import { StaticPodSource } from './static/source.ts';
@@ -47,6 +48,7 @@ export class Daemon {
   private local?: KubeletServer;
   private staticSource?: StaticPodSource;
   private staticPods?: StaticPodController;
+  private mirrors?: MirrorPods;
   readonly metrics = new AgentMetrics();
 
   constructor(
@@ -112,7 +114,15 @@ export class Daemon {
     const credentials = new CredentialStore({});
     this.registry = new RegistryClient({ plainHttpRegistries: [], caPems: [], credentials });
     const hostIP = config.node.ip ?? firstIp ?? '127.0.0.1';
-    const pods = api ? new PodController({ api, nodeName: config.nodeName, log: log.child({ component: 'pods' }), metrics }) : undefined;
+    let mirrors: MirrorPods | undefined;
+    const pods = api ? new PodController({ api, nodeName: config.nodeName, log: log.child({ component: 'pods' }), metrics, mirror: (pod, gone) => mirrors?.seen(pod, gone) }) : undefined;
+    if (pods && api && config.podManifestPath !== undefined) {
+      mirrors = new MirrorPods({
+        api, nodeName: config.nodeName, nodeUid: () => this.node?.nodeUid, log: log.child({ component: 'mirror-pods' }),
+        event: (pod, type, reason, message) => pods.event(pod, type, reason, message),
+      });
+    }
+    this.mirrors = mirrors;
     const source = config.podManifestPath !== undefined ? new StaticPodSource({ dir: config.podManifestPath, nodeName: config.nodeName, log: log.child({ component: 'static-pods' }) }) : undefined;
     const get = async (kind: 'configmaps' | 'secrets', ns: string, name: string) => {
       // Static pods may not reference ConfigMaps or Secrets (the static pod controller refuses them first).
@@ -150,7 +160,12 @@ export class Daemon {
     });
     this.runtime = runtime;
     this.pods = pods;
-    const statics = source ? new StaticPodController({ runtime, log: log.child({ component: 'static-pods' }) }) : undefined;
+    const statics = source
+      ? new StaticPodController({
+          runtime, log: log.child({ component: 'static-pods' }),
+          ...(mirrors ? { onStatus: (pod, status) => mirrors.update(pod, status), onEvent: (pod, type, reason, message) => mirrors.event(pod, type, reason, message) } : {}),
+        })
+      : undefined;
     this.staticSource = source;
     this.staticPods = statics;
     const view = new PodView(runtime, () => statics?.pods().filter((p) => !runtime.state(p.metadata!.uid!)) ?? []);
@@ -170,7 +185,8 @@ export class Daemon {
         for (const pod of removed) statics.remove(pod);
         for (const pod of added) statics.add(pod, source.file(pod.metadata!.uid!));
       });
-      log.info({ dir: config.podManifestPath, pods: source.pods().size }, 'static pods from the pod manifest path run as VMs');
+      mirrors?.start();
+      log.info({ dir: config.podManifestPath, pods: source.pods().size, mirrorPods: Boolean(mirrors) }, 'static pods from the pod manifest path run as VMs');
     }
     log.info({ driver: driver.describe(), vmSlots: config.node.vmSlots }, pods ? 'pods bound to this node run as VMs' : 'static pods run as VMs');
   }
@@ -224,6 +240,7 @@ export class Daemon {
     await this.local?.stop();
     await this.staticSource?.stop();
     await this.staticPods?.stop();
+    await this.mirrors?.stop();
     await this.pods?.stop();
     // VMs keep running: the next vmlet adopts them.
     await this.runtime?.detachAll();

@@ -11,6 +11,7 @@ import { after, before, test } from 'node:test';
 import type { V1Pod } from '@kubernetes/client-node';
 import { ensureTestGuest } from '../guest/build.ts';
 import { guestImageSource, importArgs } from '../guest/image.ts';
+import { startCluster } from '../harness/cluster.ts';
 import { runCommand } from '../harness/exec.ts';
 import { createFixtureDir, removeFixtureDir, waitFor } from '../harness/processes.ts';
 import { killVmProcessesUnder, runVmlet, VMLET_BIN, vmProcessesUnder, VmletProcess } from '../harness/vmlet.ts';
@@ -184,4 +185,65 @@ test('vmlet run with neither a kubeconfig nor a manifest path says what to do', 
   const r = await runVmlet(['run', `--image-cache-dir=${path.join(dir, 'cache2')}`, '--admin-address='], { HOME: home, KUBECONFIG: '' });
   assert.equal(r.code, 1);
   assert.equal(r.stderr.trim().split('\n').at(-1), 'vmlet: no kubeconfig: pass --kubeconfig, set KUBECONFIG, run in a cluster, or create ~/.kube/config (or pass --pod-manifest-path to run static pods without an API server)');
+});
+
+test('with an API server too: the static pod gets a mirror pod (annotated, owned by the Node, with its status), which kubectl execs into; a deleted mirror comes back; a removed file deletes it', async () => {
+  const cluster = await startCluster();
+  const node = 'mirror-node';
+  const nodeDir = path.join(cluster.dir, node);
+  const staticDir = path.join(nodeDir, 'manifests');
+  await mkdir(staticDir, { recursive: true });
+  await writeFile(path.join(staticDir, 'web.yaml'), manifest('mirrored'));
+  // The image store of the standalone vmlet, shared; its own VM dir and socket.
+  const clustered = await VmletProcess.start({
+    kubeconfig: await cluster.nodeKubeconfig(node), nodeName: node, dir: nodeDir,
+    args: [...(await cluster.kubeletTlsArgs(nodeDir)), `--pod-manifest-path=${staticDir}`, `--image-cache-dir=${path.join(dir, 'cache')}`, `--vm-dir=${path.join(nodeDir, 'vms')}`, `--socket=${path.join(nodeDir, 'vmlet.sock')}`],
+  });
+  const kubectl = async (...args: string[]) => {
+    const r = await cluster.kubectl(args);
+    assert.equal(r.code, 0, `kubectl ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const mirror = async () => {
+    const r = await cluster.kubectl(['get', 'pod', `web-${node}`, '-o', 'json']);
+    return r.code === 0 ? (JSON.parse(r.stdout) as V1Pod) : undefined;
+  };
+  try {
+    await clustered.waitUntilUp(120_000);
+    const first = await waitFor('the mirror pod Ready', async () => {
+      const p = await mirror();
+      return p?.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True' ? p : undefined;
+    }, { timeoutMs: 240_000, intervalMs: 1000, process: clustered.proc });
+    const nodeUid = (JSON.parse(await kubectl('get', 'node', node, '-o', 'json')) as V1Pod).metadata?.uid;
+    assert.equal(first.status?.phase, 'Running');
+    assert.equal(first.spec?.nodeName, node);
+    assert.deepEqual(first.metadata?.ownerReferences?.map((o) => [o.kind, o.name, o.uid, o.controller]), [['Node', node, nodeUid, true]]);
+    const hash = first.metadata?.annotations?.['kubernetes.io/config.hash'];
+    assert.match(hash ?? '', /^[0-9a-f]{32}$/);
+    assert.equal(first.metadata?.annotations?.['kubernetes.io/config.mirror'], hash);
+    assert.notEqual(first.metadata?.uid, hash, 'the mirror is the API\'s copy, with its own UID');
+    const vms = (await vmProcessesUnder(nodeDir)).filter((l) => l.includes('qemu-system'));
+    assert.equal(vms.length, 1, 'one VM: the PodController does not run the mirror pod');
+
+    // kubectl reaches the static pod's VM through the mirror's name.
+    assert.equal(await kubectl('exec', `web-${node}`, '--', 'sh', '-c', 'echo "hello $GREETING"'), 'hello mirrored\n');
+
+    // A mirror deleted by a user is made again; the VM is untouched.
+    await kubectl('delete', 'pod', `web-${node}`, '--wait=true', '--timeout=60s');
+    const second = await waitFor('the mirror pod again', async () => {
+      const p = await mirror();
+      return p && p.metadata?.uid !== first.metadata?.uid && p.status?.phase === 'Running' ? p : undefined;
+    }, { timeoutMs: 90_000, intervalMs: 1000 });
+    assert.equal(second.metadata?.annotations?.['kubernetes.io/config.mirror'], hash);
+    assert.deepEqual((await vmProcessesUnder(nodeDir)).filter((l) => l.includes('qemu-system')), vms, 'the same VM');
+
+    // The file removed: the VM stops and the mirror is deleted.
+    await unlink(path.join(staticDir, 'web.yaml'));
+    await waitFor('the mirror pod gone', async () => ((await mirror()) ? undefined : true), { timeoutMs: 60_000, intervalMs: 1000 });
+    await waitFor('no VM left', async () => ((await vmProcessesUnder(nodeDir)).length === 0 ? true : undefined), { timeoutMs: 60_000, intervalMs: 500 });
+  } finally {
+    await clustered.stop();
+    await killVmProcessesUnder(nodeDir);
+    await cluster.stop();
+  }
 });

@@ -24,6 +24,8 @@ export interface PodControllerOptions {
   /** Pods worked on at once (pulls and boots are heavy). */
   concurrency?: number;
   resyncIntervalMs?: number;
+  /** A mirror pod (of a static pod) was seen or deleted: it is not run, this hears of it (src/static/mirror.ts). */
+  mirror?(pod: V1Pod, gone: boolean): void;
 }
 
 interface Work {
@@ -112,8 +114,9 @@ export class PodController {
 
   private seen(pod: V1Pod, gone = false): void {
     const uid = pod.metadata?.uid;
+    if (!uid) return;
     // A mirror pod stands for a static pod, which runs from its manifest file (src/static/).
-    if (!uid || pod.metadata?.annotations?.[MIRROR_ANNOTATION] !== undefined) return;
+    if (pod.metadata?.annotations?.[MIRROR_ANNOTATION] !== undefined) return this.o.mirror?.(pod, gone);
     const w = this.work.get(uid);
     if (w) {
       w.pod = pod;
