@@ -232,8 +232,8 @@ const cases: Case[] = [
   {
     name: 'other-runtime-class', ...failed, reason: /^UnsupportedPodSpec$/,
     pod: (n) => manifest(n, { runtimeClassName: 'gvisor' }),
-    message: /spec\.runtimeClassName: "gvisor" is not a runtime class of this node/,
-    todo: 'the runtime does not pass runtimeClasses to checkPod (and vmlet has no runtime-class/handler setting); today the pod boots a VM and runs',
+    message: /spec\.runtimeClassName: RuntimeClass "gvisor" selects handler "runsc", which this node does not have/,
+    todo: 'the runtime does not look the RuntimeClass up and call checkRuntimeClass() (vmlet has no handler setting yet); today the pod boots a VM and runs',
   },
   {
     // Init containers run as processes in the pod's VM, so they must name the VM's image.
