@@ -2,6 +2,8 @@
 // command installs: a host joins a real cluster as a Node, a pod bound to it becomes a VM booted from an
 // image in a registry, and the real kubectl execs into it, reads its logs and forwards a port.
 //
+//   0. first without any cluster: `vmlet run --pod-manifest-path DIR` runs the pod in DIR as a VM (the
+//      kubelet's static pods), and `vmlet ps`, `vmlet exec`, `vmlet logs` reach it through the local socket;
 //   1. a real control plane (etcd + kube-apiserver built from k8s.io/kubernetes) on loopback;
 //   2. `vmlet run` with a kubelet's identity (system:node:<name>), exactly as a user starts it;
 //   3. the real kubectl shows the Node, its conditions, capacity and Lease;
@@ -12,7 +14,7 @@
 //      reach it through the API server and vmlet's kubelet port (SPDY over TLS).
 // Pass --stay to keep it all running (Ctrl-C stops it) and try kubectl yourself.
 import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureTestGuest } from '../test/guest/build.ts';
@@ -21,11 +23,13 @@ import { createFixtureDir, removeFixtureDir, waitFor } from '../test/harness/pro
 import { startRegistry } from '../test/harness/registry.ts';
 import { startCluster } from '../test/harness/cluster.ts';
 import { httpGet, tlsAgent } from '../test/harness/https.ts';
-import { runVmlet, VMLET_BIN, VmletProcess } from '../test/harness/vmlet.ts';
+import { killVmProcessesUnder, runVmlet, VMLET_BIN, vmProcessesUnder, VmletProcess } from '../test/harness/vmlet.ts';
 
 const NODE = 'demo-mac';
 const stay = process.argv.includes('--stay');
 const say = (text: string) => console.log(`\n\x1b[1m==> ${text}\x1b[0m`);
+
+await standaloneDemo();
 
 say(`A Kubernetes control plane on loopback (etcd + kube-apiserver), and vmlet run --node-name ${NODE} as system:node:${NODE}`);
 const cluster = await startCluster();
@@ -162,4 +166,60 @@ async function podDemo(image: string, kubectl: (...args: string[]) => Promise<vo
   const metrics = await httpGet(`${vmlet.kubeletUrl}/metrics/resource`, { agent });
   await agent.close();
   console.log(`\n$ curl --cert ... ${vmlet.kubeletUrl}/metrics/resource | grep ^pod_\n${metrics.body.split('\n').filter((l) => l.startsWith('pod_')).join('\n')}`);
+}
+
+/** Standalone mode: no API server; a manifest file is the pod, the local socket is the way in. */
+async function standaloneDemo(): Promise<void> {
+  say('Standalone: no cluster at all. vmlet run --pod-manifest-path DIR runs the pods in DIR as VMs (the kubelet\'s static pods)');
+  const guest = await ensureTestGuest((m) => console.log(`  guest | ${m}`));
+  const dir = await createFixtureDir('vmlet-demo-standalone-');
+  let local: VmletProcess | undefined;
+  try {
+    const cache = path.join(dir, 'cache');
+    const manifests = path.join(dir, 'manifests');
+    await mkdir(manifests);
+    const imported = await runVmlet([...importArgs('linux-guest:1', await guestImageSource(guest)), `--store=${cache}`], {}, 300_000);
+    if (imported.code !== 0) throw new Error(`vmlet image import failed: ${imported.stderr.trim()}`);
+    console.log(`$ vmlet image import linux-guest:1 ... --store=${cache}\n${imported.stdout.trim()}`);
+    const manifest = [
+      'apiVersion: v1', 'kind: Pod', 'metadata:', '  name: build-agent', 'spec:', '  containers:', '  - name: vm',
+      '    image: linux-guest:1', '    imagePullPolicy: Never', '    env: [{name: JOB, value: nightly}]',
+      '    command: [sh, -c, \'echo "agent up, job $JOB"; while true; do echo "tick $(date +%T)"; sleep 5; done\']', '',
+    ].join('\n');
+    await writeFile(path.join(manifests, 'build-agent.yaml'), manifest);
+    console.log(`\n$ cat ${manifests}/build-agent.yaml\n${manifest}`);
+    console.log(`$ vmlet run --pod-manifest-path=${manifests} --image-cache-dir=${cache} --node-name=${NODE}   # no --kubeconfig`);
+    local = await VmletProcess.start({ kubeconfig: undefined, nodeName: NODE, dir, args: [`--pod-manifest-path=${manifests}`] });
+    await local.waitUntilUp(60_000);
+    const socket = local.socket;
+    const cli = async (...args: string[]) => {
+      console.log(`\n$ vmlet ${args.map((a) => (/[\s$"]/.test(a) ? `'${a}'` : a)).join(' ')}`);
+      const r = await runVmlet([args[0]!, `--socket=${socket}`, ...args.slice(1)]);
+      process.stdout.write(r.stdout + r.stderr);
+      return r;
+    };
+    await waitFor('the static pod Running', async () => {
+      const r = await runVmlet(['ps', `--socket=${socket}`]);
+      return / Running /.test(r.stdout) ? true : undefined;
+    }, { timeoutMs: 300_000, intervalMs: 1000, process: local.proc });
+    for (const line of (await local.logs()).filter((l) => l.component === 'static-pods')) {
+      const text = (v: unknown) => (typeof v === 'string' ? ` ${v}` : '');
+      console.log(`  vmlet | ${line.level.padEnd(5)}${text(line.pod)} ${line.msg}${text(line.phase)}`);
+    }
+    await cli('ps');
+    await cli('exec', 'build-agent', '--', 'sh', '-c', 'echo "in $(hostname): JOB=$JOB, kernel $(uname -r)"');
+    const failing = await cli('exec', 'build-agent', '--', 'sh', '-c', 'exit 4');
+    console.log(`(exit code ${failing.code}: the command's own)`);
+    await cli('logs', 'build-agent', '--tail=3');
+
+    say('The file is the control: deleting it stops the VM');
+    await unlink(path.join(manifests, 'build-agent.yaml'));
+    console.log(`$ rm ${manifests}/build-agent.yaml`);
+    await waitFor('the VM stopped', async () => ((await vmProcessesUnder(dir)).length === 0 ? true : undefined), { timeoutMs: 60_000, intervalMs: 500 });
+    await cli('ps');
+  } finally {
+    await local?.stop();
+    await killVmProcessesUnder(dir);
+    await removeFixtureDir(dir);
+  }
 }
