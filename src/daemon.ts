@@ -11,6 +11,8 @@ import { RegistryClient } from './images/registry/client.ts';
 import { CredentialStore, type PullSecret } from './images/registry/credentials.ts';
 import { ImageStore } from './images/store/image-store.ts';
 import { PodController } from './kube/pods/pod-controller.ts';
+import { ServiceAccountTokens } from './kube/pods/service-account-tokens.ts';
+import type { ServiceAccountTokenRequest } from './runtime/pod/env.ts';
 import type { V1Pod } from '@kubernetes/client-node';
 import { StaticPodController } from './static/controller.ts';
 import { MirrorPods } from './static/mirror.ts';
@@ -136,13 +138,17 @@ export class Daemon {
         throw err;
       }
     };
+    const tokens = api ? new ServiceAccountTokens(api) : undefined;
     const runtime = new PodRuntime({
       store, registry: this.registry, driver,
       vmDir: config.vmDir ?? path.join(config.imageCacheDir, 'vms'),
       nodeName: config.nodeName, hostIP, vmSlots: config.node.vmSlots,
       defaults: { defaultCpus: 1, defaultMemoryMiB: 1024, maxCpus: os.availableParallelism(), maxMemoryMiB: Math.floor(os.totalmem() / 1024 / 1024 / 2) },
       hostPathPrefixes: config.hostPathPrefixes,
-      lookups: { configMap: (ns, name) => get('configmaps', ns, name), secret: (ns, name) => get('secrets', ns, name) },
+      lookups: {
+        configMap: (ns, name) => get('configmaps', ns, name), secret: (ns, name) => get('secrets', ns, name),
+        ...(tokens ? { serviceAccountToken: (req: ServiceAccountTokenRequest) => tokens.token(req) } : {}),
+      },
       credentials,
       pullSecret: async (ns, name) => {
         if (!api) return undefined;
@@ -153,6 +159,7 @@ export class Daemon {
           throw err;
         }
       },
+      restartBackoff: { initialMs: config.crashLoopBackOffInitial, maxMs: config.crashLoopBackOffMax },
       log: log.child({ component: 'pod-runtime' }),
       // A static pod's news goes to the static pod controller (the log, and its mirror pod), an API pod's to the PodController.
       changed: (uid) => (!pods || this.staticPods?.get(uid) ? this.staticPods?.changed(uid) : pods.changed(uid)),

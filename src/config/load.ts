@@ -41,6 +41,8 @@ export const SETTINGS: Setting[] = [
   { path: 'adminAddress', flag: 'admin-address', env: 'VMLET_ADMIN_ADDRESS', kind: 'string', help: 'host:port of /healthz, /readyz, /metrics ("" = off)' },
   { path: 'startupTimeout', flag: 'startup-timeout', env: 'VMLET_STARTUP_TIMEOUT', kind: 'string', help: 'how long to try reaching the API server at start (default 30s)' },
   { path: 'requestTimeout', flag: 'request-timeout', env: 'VMLET_REQUEST_TIMEOUT', kind: 'string', help: 'deadline of one API request (default 10s)' },
+  { path: 'crashLoopBackOffInitial', flag: 'crash-loop-back-off-initial', env: 'VMLET_CRASH_LOOP_BACK_OFF_INITIAL', kind: 'string', help: 'wait before the second restart of a crashing container or VM, doubled each time after (default 10s)' },
+  { path: 'crashLoopBackOffMax', flag: 'crash-loop-back-off-max', env: 'VMLET_CRASH_LOOP_BACK_OFF_MAX', kind: 'string', help: 'the longest crash-loop back-off (the kubelet\'s crashLoopBackOff.maxContainerRestartPeriod; default 5m)' },
   { path: 'hostPathPrefixes', flag: 'host-path-prefix', env: 'VMLET_HOST_PATH_PREFIXES', kind: 'list', help: 'host directory that hostPath volumes may name, itself or below (repeatable, or comma-separated; default none: hostPath refused)' },
   { path: 'node.ip', flag: 'node-ip', env: 'VMLET_NODE_IP', kind: 'string', help: "the Node's InternalIP (default: first non-loopback IPv4)" },
   { path: 'node.vmSlots', flag: 'vm-slots', env: 'VMLET_VM_SLOTS', kind: 'int', help: 'VMs that may run at once (default 2)' },

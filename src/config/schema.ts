@@ -115,6 +115,10 @@ export const configSchema = z
     startupTimeout: duration('30s'),
     /** Deadline of one API request (watches excepted). */
     requestTimeout: duration('10s'),
+    /** The first back-off of a crashing container (or VM that died): the kubelet's 10 s. */
+    crashLoopBackOffInitial: duration('10s'),
+    /** The longest crash-loop back-off (the kubelet's crashLoopBackOff.maxContainerRestartPeriod). */
+    crashLoopBackOffMax: duration('5m'),
     /**
      * Host directories a pod's hostPath volume may name (the directory itself or one below it); each is
      * shared with the VM over virtiofs. Empty (the default): every hostPath volume is refused with a reason.

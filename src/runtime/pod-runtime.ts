@@ -7,9 +7,10 @@
 // Restart safety: each VM's directory is `<vmDir>/<pod-uid>` with a pod.json beside the driver's
 // vm.json; `adopt()` takes running VMs over after a vmlet restart instead of booting them again.
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
-import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
 import { consoleLog } from './pod/console-log.ts';
 import { AgentError, type MainExitEvent } from '../agent/host/client.ts';
 import type { Hypervisor, ShareSpec } from '../drivers/hypervisor.ts';
@@ -25,7 +26,12 @@ import { resolveEnv, type EnvFacts, type EnvLookups } from './pod/env.ts';
 import { volumeContent } from './pod/volumes.ts';
 import { PodSpecError } from './pod/errors.ts';
 import { vmSize, type NodeVmSizing } from './pod/sizing.ts';
-import type { PodRuntimeState } from './pod/status.ts';
+import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
+import { writeVolumeAtomically } from './pod/atomic-writer.ts';
+import { agentProbeTarget } from './probes/agent-target.ts';
+import { HOOK_FAILURE, runHandler, type ProbeTarget } from './probes/handlers.ts';
+import { ContainerProber } from './probes/prober.ts';
+import type { ContainerRuntimeState, PodRuntimeState } from './pod/status.ts';
 import { checkPod } from './pod/validate.ts';
 import { VmInstance } from './vm-instance.ts';
 
@@ -51,6 +57,8 @@ export interface PodRuntimeOptions {
   changed(uid: string): void;
   event(pod: V1Pod, type: EventType, reason: string, message: string): void;
   bootTimeoutMs?: number;
+  /** Crash-loop back-off of restarted containers and rebooted VMs (default: the kubelet's 10 s to 5 min). */
+  restartBackoff?: RestartBackoffOptions;
 }
 
 interface PodRecord {
@@ -67,7 +75,28 @@ interface PodRecord {
   toldWaiting?: boolean;
   /** Failed pulls in a row: the second and later wait as ImagePullBackOff. */
   pullFailures?: number;
+  /** The main process's (or, without one, the VM's) crash-loop back-off. */
+  backoff: RestartBackoff;
+  /** After the VM died: no new VM before this time (its back-off). */
+  notBefore?: number;
+  /** Aborted when the pod is removed or has finished: ends back-off waits, init containers and timers. */
+  done: AbortController;
+  /** activeDeadlineSeconds. */
+  deadline?: NodeJS.Timeout;
+  /** The VM container's probes, for its current run. */
+  prober?: ContainerProber;
+  /** Why vmlet killed the current run (a probe, postStart): the message of its termination. */
+  killedFor?: string;
+  /** When config volumes were last refreshed, and the refresh under way. */
+  volumesAt?: number;
+  refreshing?: Promise<void>;
 }
+
+/** How often a running pod's configMap/secret/downwardAPI/projected volumes are compared with their sources. */
+const VOLUME_REFRESH_MS = 15_000;
+
+/** How long a postStart hook may take before the container is killed for it. */
+const POST_START_TIMEOUT_MS = 120_000;
 
 interface PreparedVolume {
   volume: string;
@@ -85,6 +114,8 @@ interface PodMeta {
   imageDigest: string;
   startedAt: string;
   restartCount: number;
+  /** Init containers have all completed in this VM (a VM adopted before that is booted again). */
+  initialized?: boolean;
 }
 
 const POD_META = 'pod.json';
@@ -115,11 +146,15 @@ export class PodRuntime implements KubeletProvider {
     const uid = pod.metadata!.uid!;
     let rec = this.pods.get(uid);
     if (!rec) {
-      rec = { pod, state: this.initialState(pod) };
+      rec = { pod, state: this.initialState(pod), backoff: new RestartBackoff(this.o.restartBackoff), done: new AbortController() };
       this.pods.set(uid, rec);
     }
     rec.pod = pod;
-    if (rec.instance || rec.busy || rec.removing || rec.state.phase === 'Failed' || rec.state.phase === 'Succeeded') return;
+    if (rec.removing || rec.state.phase === 'Failed' || rec.state.phase === 'Succeeded') return;
+    this.armDeadline(rec);
+    if (rec.instance && !rec.busy) this.refreshVolumes(rec, rec.instance);
+    if (rec.instance || rec.busy) return;
+    if (rec.notBefore !== undefined && Date.now() < rec.notBefore) return;
 
     try {
       checkPod(pod, { hostPathPrefixes: this.o.hostPathPrefixes });
@@ -155,16 +190,18 @@ export class PodRuntime implements KubeletProvider {
       const r = container.resources;
       const sized = [r?.limits, r?.requests].some((q) => q?.cpu !== undefined || q?.memory !== undefined);
       const size = sized ? vmSize(container, o.defaults) : undefined;
-      const env = await resolveEnv(pod, container, o.lookups, { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, ...(size ? { vm: size } : {}) });
+      const facts: EnvFacts = { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, ...(size ? { vm: size } : {}) };
+      const env = await resolveEnv(pod, container, o.lookups, facts);
       rec.env = env;
-      const volumes = await this.prepareVolumes(pod, container, { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP });
+      // Init containers run in the same VM: their mounts are the VM's too.
+      const volumes = await this.prepareVolumes(pod, [...(pod.spec!.initContainers ?? []), container], facts);
       image = await this.pull(rec, container);
       const sizeText = size ? `${size.cpus} vCPU, ${size.memoryMiB} MiB` : "the image's CPUs and memory";
       this.setWaiting(rec, 'ContainerCreating', `booting a VM (${sizeText})`);
       const instance = await VmInstance.launch({
         store: o.store, driver: o.driver, vmDir: o.vmDir, image, id: uid, name: `${pod.metadata!.namespace}/${pod.metadata!.name}`,
         ...(size ? { cpus: size.cpus, memoryMiB: size.memoryMiB } : {}), network: { mode: 'user', forwards: [] },
-        shares: volumes.map((v) => v.share),
+        shares: uniqueShares(volumes),
         ...(o.bootTimeoutMs ? { bootTimeoutMs: o.bootTimeoutMs } : {}),
       });
       if (rec.removing) {
@@ -174,9 +211,10 @@ export class PodRuntime implements KubeletProvider {
       rec.instance = instance;
       const meta: PodMeta = {
         uid, namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, container: container.name,
-        imageDigest: image.digest, startedAt: new Date().toISOString(), restartCount: 0,
+        imageDigest: image.digest, startedAt: new Date().toISOString(), restartCount: rec.state.container.restartCount,
+        initialized: (pod.spec!.initContainers ?? []).length === 0,
       };
-      await writeFile(path.join(instance.dir, POD_META), JSON.stringify(meta));
+      await this.saveMeta(instance, meta);
       o.event(pod, 'Normal', 'Created', `Created VM ${uid} (${instance.vm.spec.cpus} vCPU, ${instance.vm.spec.memoryMiB} MiB) from ${container.image}`);
       this.watch(rec, instance);
       for (const v of volumes) {
@@ -187,30 +225,21 @@ export class PodRuntime implements KubeletProvider {
       // A pod's hostname is its name (or spec.hostname), as in a container; best effort, a guest that
       // cannot set it still runs the pod.
       await instance.agent.setHostname(pod.spec!.hostname ?? pod.metadata!.name!).catch((err: Error) => o.log.warn({ uid, err: err.message }, 'setting the hostname in the VM failed'));
+      rec.state = { ...rec.state, vmReady: true, podIP: o.hostIP };
+      const imageID = `${container.image}@${image.digest}`;
+      if (!(await this.runInitContainers(rec, instance, imageID, facts))) return;
+      if (meta.initialized === false) await this.saveMeta(instance, { ...meta, initialized: true });
       const argv = [...(container.command ?? []), ...(container.args ?? [])];
-      if (argv.length > 0) {
-        await instance.agent.startMain({
-          id: container.name, argv, env, ...(container.workingDir ? { cwd: container.workingDir } : {}),
-          ...(container.stdin ? { stdin: true, stdinOnce: Boolean(container.stdinOnce) } : {}),
-        });
-      }
       const now = new Date();
-      rec.state = {
-        ...rec.state,
-        phase: 'Running',
-        waiting: undefined,
-        startTime: rec.state.startTime ?? now,
-        podIP: o.hostIP,
-        vmReady: true,
-        container: {
-          ...rec.state.container, imageID: `${container.image}@${image.digest}`, containerID: `vmlet://${uid}`,
-          state: { kind: 'running', startedAt: now }, ready: true, started: true,
-        },
-      };
+      rec.state = { ...rec.state, phase: 'Running', waiting: undefined, initialized: true, container: { ...rec.state.container, imageID, containerID: `vmlet://${uid}`, state: { kind: 'running', startedAt: now } } };
+      if (argv.length > 0 && (await this.startMain(rec, instance)) === 'failed') return;
+      rec.state = { ...rec.state, startTime: rec.state.startTime ?? now };
       o.event(pod, 'Normal', 'Started', argv.length > 0 ? `Started container ${container.name} in the VM: ${argv.join(' ').slice(0, 200)}` : `Started VM ${uid} (no command: the VM is the container)`);
+      await this.containerStarted(rec, instance, now);
       o.changed(uid);
     } catch (err) {
       const e = err as Error & { reason?: string };
+      if (rec.removing || rec.done.signal.aborted) return;
       if (err instanceof PodSpecError) {
         this.setWaiting(rec, err.reason, err.message);
         o.event(pod, 'Warning', err.reason === 'InvalidVmSize' ? 'FailedCreate' : err.reason === 'FailedMount' ? 'FailedMount' : 'Failed', err.message);
@@ -221,8 +250,87 @@ export class PodRuntime implements KubeletProvider {
       const reason = e.reason === 'BootFailed' || e.reason === 'BootTimeout' ? 'VmBootFailed' : (rec.state.waiting?.reason === 'ErrImagePull' ? 'ErrImagePull' : 'CreateContainerError');
       this.setWaiting(rec, reason, e.message.split('\n')[0]!);
       o.event(pod, 'Warning', 'Failed', e.message.split('\n')[0]!);
+      if (rec.instance) await this.release(rec, 5000);
       throw err;
     }
+  }
+
+  /**
+   * Runs the pod's init containers in its VM, in order, each to completion, as processes of the agent (so
+   * `kubectl logs -c <init>` reads their output). A failed one is started again after its back-off, or,
+   * with restartPolicy Never, fails the pod. Resolves false when the pod will not go on (failed, removed,
+   * the VM died).
+   */
+  private async runInitContainers(rec: PodRecord, instance: VmInstance, imageID: string, facts: EnvFacts): Promise<boolean> {
+    const pod = rec.pod;
+    const uid = pod.metadata!.uid!;
+    const inits = pod.spec!.initContainers ?? [];
+    if (inits.length === 0) return true;
+    rec.state = {
+      ...rec.state, initialized: false, initContainers: [],
+      container: { ...rec.state.container, state: { kind: 'waiting', reason: 'PodInitializing' } },
+    };
+    this.o.changed(uid);
+    const policy = pod.spec!.restartPolicy ?? 'Always';
+    for (const ic of inits) {
+      const env = await resolveEnv(pod, ic, this.o.lookups, facts);
+      const argv = [...(ic.command ?? []), ...(ic.args ?? [])];
+      const backoff = new RestartBackoff(this.o.restartBackoff);
+      const state: ContainerRuntimeState = {
+        name: ic.name, image: ic.image ?? '', imageID, containerID: `vmlet://${uid}-${ic.name}`,
+        state: { kind: 'waiting', reason: 'PodInitializing' }, ready: false, started: false, restartCount: 0,
+      };
+      rec.state.initContainers!.push(state);
+      for (let run = 0; ; run++) {
+        const startedAt = new Date();
+        const attempt = new AbortController();
+        const exited = waitForMainExit(instance, ic.name, AbortSignal.any([rec.done.signal, attempt.signal]));
+        let ev: { exitCode: number; finishedAt: string; reason?: string; message?: string } | undefined;
+        try {
+          await instance.agent.startMain({ id: ic.name, argv, env, ...(ic.workingDir ? { cwd: ic.workingDir } : {}) });
+          state.state = { kind: 'running', startedAt };
+          state.started = true;
+          if (run === 0) this.o.event(pod, 'Normal', 'Started', `Started init container ${ic.name} in the VM: ${argv.join(' ').slice(0, 200)}`);
+          this.o.changed(uid);
+          ev = await exited;
+        } catch (err) {
+          if (!(err instanceof AgentError) || err.reason !== 'StartFailed') throw err;
+          const message = `failed to start init container "${ic.name}" in the VM: ${err.message}`;
+          this.o.event(pod, 'Warning', 'Failed', `Error: ${message}`);
+          ev = { exitCode: 128, finishedAt: new Date().toISOString(), reason: 'StartError', message };
+        } finally {
+          attempt.abort();
+        }
+        if (!ev) return false;
+        const finishedAt = new Date(ev.finishedAt);
+        const terminated = {
+          kind: 'terminated' as const, exitCode: ev.exitCode, reason: ev.reason ?? (ev.exitCode === 0 ? 'Completed' : 'Error'),
+          ...(ev.message ? { message: ev.message } : {}), startedAt, finishedAt,
+        };
+        state.state = terminated;
+        state.started = false;
+        this.o.changed(uid);
+        if (ev.exitCode === 0) break;
+        if (policy === 'Never') {
+          rec.state = { ...rec.state, phase: 'Failed', waiting: { reason: 'InitContainerFailed', message: `init container ${ic.name} exited with ${ev.exitCode}` } };
+          this.o.event(pod, 'Warning', 'Failed', `Init container ${ic.name} exited with ${ev.exitCode} and restartPolicy is Never: the pod failed`);
+          this.finish(rec);
+          return false;
+        }
+        const wait = backoff.next(finishedAt.getTime() - startedAt.getTime());
+        state.lastTermination = terminated;
+        if (wait > 0) {
+          state.state = { kind: 'waiting', reason: 'CrashLoopBackOff', message: backOffMessage(wait, ic.name, pod) };
+          this.o.event(pod, 'Warning', 'BackOff', `Back-off restarting failed container ${ic.name} in pod ${podKey(pod)}`);
+          this.o.changed(uid);
+          await sleep(wait, rec.done.signal);
+          if (rec.done.signal.aborted || rec.instance !== instance) return false;
+        }
+        state.restartCount++;
+      }
+    }
+    rec.state = { ...rec.state, initialized: true };
+    return true;
   }
 
   /**
@@ -230,12 +338,13 @@ export class PodRuntime implements KubeletProvider {
    * downwardAPI and projected volumes (read-only in the guest), a fresh directory for emptyDir, the host's
    * own directory for hostPath (validate.ts allowed only configured prefixes).
    */
-  private async prepareVolumes(pod: V1Pod, container: V1Container, facts: EnvFacts): Promise<PreparedVolume[]> {
+  private async prepareVolumes(pod: V1Pod, containers: V1Container[], facts: EnvFacts): Promise<PreparedVolume[]> {
     const root = path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes');
     const shares = new Map<string, ShareSpec>();
     const out: PreparedVolume[] = [];
-    for (const m of container.volumeMounts ?? []) {
-      if (m.subPath) throw new PodSpecError('UnsupportedPodSpec', `volumeMount "${m.name}" at ${m.mountPath}: subPath is not supported yet in VM pods`);
+    for (const m of containers.flatMap((c) => c.volumeMounts ?? [])) {
+      // An init container may mount what the main container mounts, at the same path: once is enough.
+      if (out.some((v) => v.volume === m.name && v.mountPath === m.mountPath)) continue;
       const volume = (pod.spec?.volumes ?? []).find((v) => v.name === m.name)!;
       let share = shares.get(m.name);
       let files = false;
@@ -244,6 +353,7 @@ export class PodRuntime implements KubeletProvider {
         let hostPath: string;
         if (content.kind === 'hostPath') {
           hostPath = content.path;
+          if (volume.hostPath?.type === 'DirectoryOrCreate') await mkdir(hostPath, { recursive: true, mode: 0o755 }).catch(() => undefined);
           if (!(await stat(hostPath).catch(() => undefined))?.isDirectory()) {
             throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${m.name}": hostPath ${hostPath} is not a directory on the node`);
           }
@@ -252,13 +362,9 @@ export class PodRuntime implements KubeletProvider {
           await mkdir(hostPath, { recursive: true });
           if (content.kind === 'files') {
             files = true;
-            for (const f of content.files) {
-              const file = path.join(hostPath, f.path);
-              if (!file.startsWith(`${hostPath}/`)) throw new PodSpecError('FailedMount', `volume "${m.name}": path ${f.path} leaves the volume`);
-              await mkdir(path.dirname(file), { recursive: true });
-              await writeFile(file, f.data, { mode: f.mode });
-              await chmod(file, f.mode);
-            }
+            await writeVolumeAtomically(hostPath, content.files).catch((err: Error) => {
+              throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${m.name}": ${err.message}`);
+            });
           }
         }
         share = { tag: `vol-${shares.size}`, hostPath, readOnly: files };
@@ -321,44 +427,297 @@ export class PodRuntime implements KubeletProvider {
     return this.o.registry.withCredentials(this.o.credentials.withPullSecrets(found));
   }
 
+  /**
+   * Starts (or starts again) the VM container's main process. A command the VM cannot start (not found,
+   * not executable, a missing working directory) is the container's exit with StartError, as on any node,
+   * and goes through the restart policy like any other exit.
+   */
+  private async startMain(rec: PodRecord, instance: VmInstance): Promise<'started' | 'failed'> {
+    const container = rec.pod.spec!.containers[0]!;
+    const argv = [...(container.command ?? []), ...(container.args ?? [])];
+    try {
+      await instance.agent.startMain({
+        id: container.name, argv, env: rec.env ?? {}, ...(container.workingDir ? { cwd: container.workingDir } : {}),
+        ...(container.stdin ? { stdin: true, stdinOnce: Boolean(container.stdinOnce) } : {}),
+      });
+      return 'started';
+    } catch (err) {
+      if (!(err instanceof AgentError) || err.reason !== 'StartFailed') throw err;
+      const message = `failed to start container "${container.name}" in the VM: ${err.message}`;
+      this.o.event(rec.pod, 'Warning', 'Failed', `Error: ${message}`);
+      this.mainExited(rec, instance, { exitCode: 128, reason: 'StartError', message, finishedAt: new Date() });
+      return 'failed';
+    }
+  }
+
+  /**
+   * The VM container's process ended (exit, or a start that failed): restart it in the VM after its
+   * back-off (restartPolicy Always, or OnFailure with a non-zero code), or the pod is done.
+   */
+  private mainExited(rec: PodRecord, instance: VmInstance, exit: { exitCode: number; reason: string; message?: string; finishedAt: Date }): void {
+    const uid = rec.pod.metadata!.uid!;
+    const pod = rec.pod;
+    const policy = pod.spec!.restartPolicy ?? 'Always';
+    rec.prober?.stop();
+    rec.prober = undefined;
+    const running = rec.state.container.state;
+    const startedAt = running.kind === 'running' ? running.startedAt : undefined;
+    const terminated = { kind: 'terminated' as const, ...exit, ...(startedAt ? { startedAt } : {}) };
+    if (!(policy === 'Always' || (policy === 'OnFailure' && exit.exitCode !== 0))) {
+      const succeeded = exit.exitCode === 0 && exit.reason !== 'StartError';
+      rec.state = { ...rec.state, phase: succeeded ? 'Succeeded' : 'Failed', container: { ...rec.state.container, state: terminated, ready: false } };
+      this.finish(rec);
+      void this.release(rec, 10_000);
+      this.o.changed(uid);
+      return;
+    }
+    const wait = rec.backoff.next(startedAt ? exit.finishedAt.getTime() - startedAt.getTime() : 0);
+    const name = rec.state.container.name;
+    rec.state.container = {
+      ...rec.state.container, lastTermination: { exitCode: exit.exitCode, reason: exit.reason, ...(exit.message ? { message: exit.message } : {}), ...(startedAt ? { startedAt } : {}), finishedAt: exit.finishedAt },
+      ready: false, started: false,
+      state: wait > 0 ? { kind: 'waiting', reason: 'CrashLoopBackOff', message: backOffMessage(wait, name, pod) } : terminated,
+    };
+    if (wait > 0) this.o.event(pod, 'Warning', 'BackOff', `Back-off restarting failed container ${name} in pod ${podKey(pod)}`);
+    this.o.changed(uid);
+    void sleep(wait, rec.done.signal).then(async () => {
+      if (rec.done.signal.aborted || rec.removing || rec.instance !== instance) return;
+      // Each attempt counts, one that cannot start included (the kubelet counts containers it created).
+      const startedAt = new Date();
+      rec.state.container = { ...rec.state.container, restartCount: rec.state.container.restartCount + 1, state: { kind: 'running', startedAt }, ready: false, started: false };
+      await this.saveMeta(instance, { restartCount: rec.state.container.restartCount }).catch(() => undefined);
+      if ((await this.startMain(rec, instance)) !== 'started') return;
+      this.o.event(pod, 'Normal', 'Started', `Started container ${name} in the VM again (restartPolicy ${policy}, restart ${rec.state.container.restartCount})`);
+      await this.containerStarted(rec, instance, startedAt);
+      this.o.changed(uid);
+    }).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, 'restarting the main process failed'));
+  }
+
   /** Main-process exits and VM exits become container states. */
   private watch(rec: PodRecord, instance: VmInstance): void {
     const uid = rec.pod.metadata!.uid!;
     instance.agent.on('main-exit', (ev: MainExitEvent) => {
-      if (rec.removing) return;
-      const policy = rec.pod.spec!.restartPolicy ?? 'Always';
-      const code = ev.exitCode;
-      const finishedAt = new Date(ev.finishedAt);
-      const running = rec.state.container.state;
-      const startedAt = running.kind === 'running' ? running.startedAt : undefined;
-      const terminated = { kind: 'terminated' as const, exitCode: code, reason: code === 0 ? 'Completed' : 'Error', finishedAt, ...(startedAt ? { startedAt } : {}) };
-      if (policy === 'Always' || (policy === 'OnFailure' && code !== 0)) {
-        rec.state.container = { ...rec.state.container, lastTermination: terminated, ready: false, restartCount: rec.state.container.restartCount + 1, state: { kind: 'running', startedAt: new Date() } };
-        void instance.agent.restartMain(ev.id).then(() => {
-          rec.state.container.ready = true;
-          this.o.changed(uid);
-        }, (err: Error) => this.o.log.warn({ uid, err: err.message }, 'restarting the main process failed'));
-        this.o.event(rec.pod, 'Normal', 'Started', `Container ${rec.state.container.name} exited with ${code}; started again in the VM (restartPolicy ${policy})`);
-      } else {
-        rec.state = { ...rec.state, phase: code === 0 ? 'Succeeded' : 'Failed', container: { ...rec.state.container, state: terminated, ready: false } };
-        void this.release(rec, 10_000);
-      }
-      this.o.changed(uid);
+      if (rec.removing || ev.id !== rec.state.container.name || rec.state.container.state.kind !== 'running') return;
+      const message = rec.killedFor;
+      rec.killedFor = undefined;
+      this.mainExited(rec, instance, { exitCode: ev.exitCode, reason: ev.exitCode === 0 ? 'Completed' : 'Error', ...(message ? { message } : {}), finishedAt: new Date(ev.finishedAt) });
     });
-    void instance.vm.exited.then((exit) => {
+    void instance.vm.exited.then(async (exit) => {
       if (rec.removing || rec.instance !== instance) return;
       rec.instance = undefined;
+      rec.prober?.stop();
+      rec.prober = undefined;
       const finishedAt = exit.at;
-      rec.state = {
-        ...rec.state,
-        phase: (rec.pod.spec!.restartPolicy ?? 'Always') === 'Never' ? 'Failed' : rec.state.phase,
-        vmReady: false,
-        container: { ...rec.state.container, ready: false, state: { kind: 'terminated', exitCode: 137, reason: exit.reason === 'GuestShutdown' ? 'Completed' : 'VmExited', message: exit.message, finishedAt } },
-      };
+      const policy = rec.pod.spec!.restartPolicy ?? 'Always';
+      const running = rec.state.container.state;
+      const startedAt = running.kind === 'running' ? running.startedAt : undefined;
+      const terminated = { kind: 'terminated' as const, exitCode: 137, reason: exit.reason === 'GuestShutdown' ? 'Completed' : 'VmExited', message: exit.message, finishedAt, ...(startedAt ? { startedAt } : {}) };
       this.o.event(rec.pod, 'Warning', 'VmExited', `The VM exited: ${exit.reason}: ${exit.message}`);
-      void instance.dispose();
+      await instance.dispose();
+      if (policy === 'Never') {
+        rec.state = { ...rec.state, phase: 'Failed', vmReady: false, container: { ...rec.state.container, ready: false, state: terminated } };
+        this.finish(rec);
+        this.kickQueue();
+        this.o.changed(uid);
+        return;
+      }
+      // A VM that died is booted again from a fresh clone of its image, after the container's back-off.
+      const wait = rec.backoff.next(startedAt ? finishedAt.getTime() - startedAt.getTime() : 0);
+      const name = rec.state.container.name;
+      rec.notBefore = Date.now() + wait;
+      rec.state = {
+        ...rec.state, vmReady: false,
+        container: {
+          ...rec.state.container, ready: false, started: false, restartCount: rec.state.container.restartCount + 1,
+          lastTermination: { exitCode: 137, reason: terminated.reason, message: exit.message, ...(startedAt ? { startedAt } : {}), finishedAt },
+          state: wait > 0 ? { kind: 'waiting', reason: 'CrashLoopBackOff', message: backOffMessage(wait, name, rec.pod) } : { kind: 'waiting', reason: 'ContainerCreating', message: 'booting the VM again from a fresh clone of its image' },
+        },
+      };
+      if (wait > 0) this.o.event(rec.pod, 'Warning', 'BackOff', `Back-off booting the VM of container ${name} in pod ${podKey(rec.pod)} again`);
+      this.kickQueue();
       this.o.changed(uid);
+      if (wait > 0) {
+        void sleep(wait, rec.done.signal).then(() => {
+          if (!rec.done.signal.aborted) this.o.changed(uid);
+        });
+      }
     });
+  }
+
+  /**
+   * ConfigMap, Secret, downwardAPI and projected volumes of a running pod are written again when what they
+   * hold changed (a new ConfigMap, a token near its expiry), at most every VOLUME_REFRESH_MS; the guest sees
+   * the new version at once through virtiofs (one rename of `..data`). A source that went missing keeps the
+   * old content, as on any node, with a FailedMount Event.
+   */
+  private refreshVolumes(rec: PodRecord, instance: VmInstance): void {
+    const now = Date.now();
+    if (rec.refreshing || now - (rec.volumesAt ?? 0) < VOLUME_REFRESH_MS) return;
+    rec.volumesAt = now;
+    const pod = rec.pod;
+    const facts: EnvFacts = { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP };
+    const mounted = new Set([...(pod.spec!.initContainers ?? []), pod.spec!.containers[0]!].flatMap((c) => (c.volumeMounts ?? []).map((m) => m.name)));
+    rec.refreshing = (async () => {
+      for (const volume of pod.spec!.volumes ?? []) {
+        if (!mounted.has(volume.name) || !(volume.configMap || volume.secret || volume.downwardAPI || volume.projected)) continue;
+        try {
+          const content = await volumeContent(pod, volume, this.o.lookups, facts);
+          if (content.kind !== 'files' || rec.instance !== instance) continue;
+          if (await writeVolumeAtomically(path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes', volume.name), content.files)) {
+            this.o.log.info({ uid: pod.metadata!.uid, volume: volume.name }, 'volume updated in the VM');
+          }
+        } catch (err) {
+          this.o.event(pod, 'Warning', 'FailedMount', `${(err as Error).message} (the volume keeps its previous content)`);
+        }
+      }
+    })().finally(() => {
+      rec.refreshing = undefined;
+    });
+  }
+
+  /** What probes and hooks of the VM container run against: its VM, through the agent. */
+  private target(rec: PodRecord, instance: VmInstance): ProbeTarget {
+    const c = rec.pod.spec!.containers[0]!;
+    return agentProbeTarget({
+      agent: () => (rec.instance === instance ? instance.agent : undefined),
+      ...(rec.env ? { env: rec.env } : {}), ...(c.workingDir ? { cwd: c.workingDir } : {}), podIP: this.o.hostIP,
+    });
+  }
+
+  /**
+   * The VM container has just started (its main process, or the VM itself when it has no command): its
+   * postStart hook, then its probes. A failed postStart kills the container, as on any node, and the
+   * restart policy takes it from there.
+   */
+  private async containerStarted(rec: PodRecord, instance: VmInstance, startedAt: Date): Promise<void> {
+    const pod = rec.pod;
+    const uid = pod.metadata!.uid!;
+    const c = pod.spec!.containers[0]!;
+    const target = this.target(rec, instance);
+    const postStart = c.lifecycle?.postStart;
+    if (postStart) {
+      const r = await runHandler(postStart, target, c, POST_START_TIMEOUT_MS, { pod: pod.metadata!, signal: rec.done.signal });
+      for (const e of r.events ?? []) this.o.event(pod, e.type, e.reason, e.message);
+      if (!r.ok && !rec.done.signal.aborted && rec.instance === instance) {
+        this.o.event(pod, 'Warning', HOOK_FAILURE.postStart.reason, HOOK_FAILURE.postStart.message);
+        this.o.log.warn({ uid, message: r.message }, 'postStart hook failed; killing the container');
+        await this.killContainer(rec, instance, `${HOOK_FAILURE.postStart.waitingReason}: ${r.message}`, undefined);
+        return;
+      }
+    }
+    if (rec.done.signal.aborted || rec.instance !== instance) return;
+    rec.prober?.stop();
+    rec.prober = new ContainerProber({
+      container: c, target, startedAt: startedAt.getTime(),
+      onStarted: () => {
+        rec.state.container = { ...rec.state.container, started: true };
+        this.o.changed(uid);
+      },
+      onReady: (ready) => {
+        rec.state.container = { ...rec.state.container, ready };
+        this.o.changed(uid);
+      },
+      onRestart: (_reason, message, graceSeconds) => {
+        this.o.event(pod, 'Normal', 'Killing', message);
+        void this.killContainer(rec, instance, message, graceSeconds);
+      },
+      onEvent: (type, reason, message) => this.o.event(pod, type, reason, message),
+    });
+    rec.prober.start();
+  }
+
+  /**
+   * Kills the VM container for a restart (failed liveness or startup probe, failed postStart): its
+   * preStop hook, then its main process (SIGTERM, SIGKILL at the grace period's end), whose exit goes
+   * through the restart policy; a container without a command is its VM, which is killed and booted
+   * again.
+   */
+  private async killContainer(rec: PodRecord, instance: VmInstance, why: string, graceSeconds: number | undefined): Promise<void> {
+    const c = rec.pod.spec!.containers[0]!;
+    rec.prober?.stop();
+    rec.prober = undefined;
+    const grace = graceSeconds ?? rec.pod.spec?.terminationGracePeriodSeconds ?? 30;
+    this.o.log.info({ uid: rec.pod.metadata!.uid, why }, 'killing the container');
+    rec.killedFor = why;
+    if (!c.command?.length && !c.args?.length) {
+      await this.runPreStop(rec, instance, Date.now() + grace * 1000);
+      await instance.vm.kill().catch(() => undefined);
+      return;
+    }
+    await this.stopContainer(rec, instance, Date.now() + Math.max(grace, 1) * 1000);
+  }
+
+  /** preStop, then SIGTERM to the main process and SIGKILL at `deadline`: the kubelet's container stop. */
+  private async stopContainer(rec: PodRecord, instance: VmInstance, deadline: number): Promise<void> {
+    const c = rec.pod.spec!.containers[0]!;
+    await this.runPreStop(rec, instance, deadline);
+    if (!c.command?.length && !c.args?.length) return;
+    if (rec.state.container.state.kind !== 'running') return;
+    await instance.agent.stopMain(c.name, { signal: 'SIGTERM', graceMs: Math.max(deadline - Date.now(), 1000) })
+      .catch((err: Error) => this.o.log.warn({ uid: rec.pod.metadata!.uid, err: err.message }, 'stopping the main process failed'));
+  }
+
+  /** The VM container's preStop hook, if any, within the time left before `deadline`. */
+  private async runPreStop(rec: PodRecord, instance: VmInstance, deadline: number): Promise<void> {
+    const c = rec.pod.spec!.containers[0]!;
+    const preStop = c.lifecycle?.preStop;
+    if (!preStop || rec.state.container.state.kind !== 'running') return;
+    const r = await runHandler(preStop, this.target(rec, instance), c, Math.max(deadline - Date.now(), 1000), { pod: rec.pod.metadata! });
+    for (const e of r.events ?? []) this.o.event(rec.pod, e.type, e.reason, e.message);
+    if (!r.ok && !r.timedOut) {
+      this.o.event(rec.pod, 'Warning', HOOK_FAILURE.preStop.reason, HOOK_FAILURE.preStop.message);
+      this.o.log.warn({ uid: rec.pod.metadata!.uid, message: r.message }, 'preStop hook failed');
+    }
+  }
+
+  /** The pod has finished (Succeeded or Failed): no more restarts, back-offs or deadline. */
+  private finish(rec: PodRecord): void {
+    rec.prober?.stop();
+    rec.prober = undefined;
+    rec.done.abort();
+    if (rec.deadline) clearTimeout(rec.deadline);
+  }
+
+  /**
+   * activeDeadlineSeconds: counted from the pod's start time (when this node first took it); once passed,
+   * the pod fails with DeadlineExceeded and its VM is stopped, as the kubelet does.
+   */
+  private armDeadline(rec: PodRecord): void {
+    const seconds = rec.pod.spec?.activeDeadlineSeconds;
+    if (seconds === undefined || rec.deadline || rec.done.signal.aborted) return;
+    const start = rec.state.startTime ?? new Date();
+    rec.state.startTime = start;
+    const left = Math.max(0, start.getTime() + seconds * 1000 - Date.now());
+    rec.deadline = setTimeout(() => void this.deadlineExceeded(rec), left);
+    rec.deadline.unref();
+  }
+
+  private async deadlineExceeded(rec: PodRecord): Promise<void> {
+    if (rec.removing || rec.state.phase === 'Succeeded' || rec.state.phase === 'Failed') return;
+    const message = 'Pod was active on the node longer than the specified deadline';
+    const running = rec.state.container.state;
+    rec.state = {
+      ...rec.state, phase: 'Failed', waiting: { reason: 'DeadlineExceeded', message },
+      container: {
+        ...rec.state.container, ready: false,
+        ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: 'killed: the pod\'s activeDeadlineSeconds passed', startedAt: running.startedAt, finishedAt: new Date() } } : {}),
+      },
+    };
+    const queued = this.queue.indexOf(rec.pod.metadata!.uid!);
+    if (queued >= 0) this.queue.splice(queued, 1);
+    this.finish(rec);
+    this.o.event(rec.pod, 'Normal', 'DeadlineExceeded', message);
+    this.o.changed(rec.pod.metadata!.uid!);
+    await rec.busy?.catch(() => undefined);
+    const grace = rec.pod.spec?.terminationGracePeriodSeconds ?? 30;
+    await this.release(rec, Math.max(grace, 1) * 1000);
+  }
+
+  /** Updates pod.json in the VM's directory (what adopt() reads after a restart). */
+  private async saveMeta(instance: VmInstance, meta: Partial<PodMeta>): Promise<void> {
+    const file = path.join(instance.dir, POD_META);
+    const current = JSON.parse(await readFile(file, 'utf8').catch(() => '{}')) as Partial<PodMeta>;
+    await writeFile(file, JSON.stringify({ ...current, ...meta }));
   }
 
   /** Stops the pod's VM within its grace period (preStop is issue 5's next step) and forgets it. */
@@ -369,10 +728,21 @@ export class PodRuntime implements KubeletProvider {
     if (idx >= 0) this.queue.splice(idx, 1);
     if (!rec) return;
     rec.removing = true;
+    // Readiness goes on while the pod terminates (the kubelet's behaviour); liveness and startup stop.
+    const prober = rec.prober;
+    prober?.terminating();
+    rec.prober = undefined;
+    this.finish(rec);
     await rec.busy?.catch(() => undefined);
     const grace = pod.metadata?.deletionGracePeriodSeconds ?? pod.spec?.terminationGracePeriodSeconds ?? 30;
-    if (rec.instance) this.o.event(pod, 'Normal', 'Killing', `Stopping VM ${uid} (grace period ${grace}s)`);
-    await this.release(rec, Math.max(grace, 1) * 1000);
+    const deadline = Date.now() + Math.max(grace, 1) * 1000;
+    const instance = rec.instance;
+    if (instance) {
+      this.o.event(pod, 'Normal', 'Killing', `Stopping container ${rec.state.container.name} (VM ${uid}, grace period ${grace}s)`);
+      await this.stopContainer(rec, instance, deadline);
+    }
+    prober?.stop();
+    await this.release(rec, Math.max(deadline - Date.now(), 5000));
     this.pods.delete(uid);
   }
 
@@ -406,7 +776,8 @@ export class PodRuntime implements KubeletProvider {
       const meta = JSON.parse(await readFile(path.join(this.o.vmDir, uid, POD_META), 'utf8').catch(() => '{}')) as Partial<PodMeta>;
       const pod = alive(uid);
       const instance = meta.imageDigest ? await VmInstance.adopt({ store: this.o.store, driver: this.o.driver, vmDir: this.o.vmDir, id: uid, imageDigest: meta.imageDigest }).catch(() => undefined) : undefined;
-      if (!pod || !instance) {
+      // A VM adopted before its init containers all completed is booted again: they run from the start.
+      if (!pod || !instance || (meta.initialized === false && (pod.spec?.initContainers ?? []).length > 0)) {
         if (instance) await instance.stop(10_000).catch(() => undefined);
         removed.push(uid);
         continue;
@@ -416,9 +787,12 @@ export class PodRuntime implements KubeletProvider {
       const rec: PodRecord = {
         pod,
         instance,
+        backoff: new RestartBackoff(this.o.restartBackoff),
+        done: new AbortController(),
         state: {
           ...this.initialState(pod),
-          phase: 'Running', startTime: pod.status?.startTime ? new Date(pod.status.startTime) : startedAt, podIP: this.o.hostIP, vmReady: true,
+          phase: 'Running', startTime: pod.status?.startTime ? new Date(pod.status.startTime) : startedAt, podIP: this.o.hostIP, vmReady: true, initialized: true,
+          initContainers: (pod.spec!.initContainers ?? []).map((ic) => completedInit(ic, pod, uid, meta.imageDigest!)),
           container: {
             name: container.name, image: container.image ?? '', imageID: `${container.image}@${meta.imageDigest}`, containerID: `vmlet://${uid}`,
             state: { kind: 'running', startedAt }, ready: true, started: true, restartCount: meta.restartCount ?? 0,
@@ -427,6 +801,9 @@ export class PodRuntime implements KubeletProvider {
       };
       this.pods.set(uid, rec);
       this.watch(rec, instance);
+      // The env of `kubectl exec` sessions, resolved again (pod.json does not keep it: it may hold Secrets).
+      void resolveEnv(pod, container, this.o.lookups, { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP })
+        .then((env) => (rec.env ??= env), (err: Error) => this.o.log.warn({ uid, err: err.message }, 'resolving the env of an adopted pod failed'));
       adopted.push(uid);
     }
     return { adopted, removed };
@@ -468,7 +845,7 @@ export class PodRuntime implements KubeletProvider {
 
   async attach(pod: V1Pod, container: string, opts: StreamOptions): Promise<StreamedProcess> {
     const { rec, instance } = this.running(pod, container);
-    const c = rec.pod.spec!.containers[0]!;
+    const c = specContainer(rec.pod, container)!;
     if (!c.command?.length && !c.args?.length) {
       throw new KubeletError(400, 'BadRequest', `container "${container}" has no command: the VM itself is the container, there is no process to attach to (use kubectl exec)`);
     }
@@ -487,7 +864,11 @@ export class PodRuntime implements KubeletProvider {
       const why = s.kind === 'waiting' ? `is waiting to start: ${s.reason}` : 'has no running VM: its logs lived in the VM';
       throw new KubeletError(400, 'BadRequest', `${where} ${why}`);
     }
-    const c = rec.pod.spec!.containers[0]!;
+    const c = specContainer(rec.pod, container)!;
+    const main = rec.state.container;
+    if (c.name === main.name && main.state.kind === 'waiting' && main.restartCount === 0 && !opts.previous) {
+      throw new KubeletError(400, 'BadRequest', `${where} is waiting to start: ${main.state.reason}`);
+    }
     if (!c.command?.length && !c.args?.length) return consoleLog(instance.vm.consoleLog, opts);
     return instance.agent.logs(container, {
       ...(opts.follow ? { follow: true } : {}), ...(opts.tailLines !== undefined ? { tailLines: opts.tailLines } : {}),
@@ -530,7 +911,7 @@ export class PodRuntime implements KubeletProvider {
   private record(pod: V1Pod, container?: string): PodRecord {
     const rec = this.pods.get(pod.metadata?.uid ?? '');
     if (!rec) throw new KubeletError(404, 'NotFound', `pod "${pod.metadata?.namespace}/${pod.metadata?.name}" is not running on this node`);
-    if (container !== undefined && rec.pod.spec?.containers[0]?.name !== container) {
+    if (container !== undefined && !specContainer(rec.pod, container)) {
       throw new KubeletError(404, 'NotFound', `container "${container}" not found in pod "${pod.metadata?.namespace}/${pod.metadata?.name}"`);
     }
     return rec;
@@ -565,10 +946,68 @@ export class PodRuntime implements KubeletProvider {
   }
 
   private fail(rec: PodRecord, reason: string, message: string): void {
+    this.finish(rec);
     rec.state = { ...rec.state, phase: 'Failed', waiting: { reason, message }, container: { ...rec.state.container, state: { kind: 'waiting', reason, message } } };
     this.o.event(rec.pod, 'Warning', reason, message);
     this.o.changed(rec.pod.metadata!.uid!);
   }
+}
+
+/** An init container of an adopted pod: it completed before (the VM would not be adopted otherwise). */
+function completedInit(ic: V1Container, pod: V1Pod, uid: string, imageDigest: string): ContainerRuntimeState {
+  const posted = pod.status?.initContainerStatuses?.find((s) => s.name === ic.name);
+  const t = posted?.state?.terminated;
+  return {
+    name: ic.name, image: ic.image ?? '', imageID: `${ic.image}@${imageDigest}`, containerID: `vmlet://${uid}-${ic.name}`,
+    state: { kind: 'terminated', exitCode: 0, reason: 'Completed', ...(t?.startedAt ? { startedAt: new Date(t.startedAt) } : {}), finishedAt: t?.finishedAt ? new Date(t.finishedAt) : new Date() },
+    ready: false, started: false, restartCount: posted?.restartCount ?? 0,
+  };
+}
+
+/** The VM container or one of the init containers (which run in the same VM), by name. */
+function specContainer(pod: V1Pod, name: string): V1Container | undefined {
+  return [...(pod.spec?.containers.slice(0, 1) ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === name);
+}
+
+/** Each volume once, however many mounts it has. */
+/** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return delay(ms, undefined, { signal }).catch(() => undefined);
+}
+
+function uniqueShares(volumes: PreparedVolume[]): ShareSpec[] {
+  return [...new Set(volumes.map((v) => v.share))];
+}
+
+/** "name_namespace(uid)": how the kubelet names a pod in its messages. */
+function podKey(pod: V1Pod): string {
+  return `${pod.metadata!.name}_${pod.metadata!.namespace}(${pod.metadata!.uid})`;
+}
+
+/** The waiting message of a container in CrashLoopBackOff, in the kubelet's words. */
+function backOffMessage(waitMs: number, container: string, pod: V1Pod): string {
+  return `back-off ${RestartBackoff.format(waitMs)} restarting failed container=${container} pod=${podKey(pod)}`;
+}
+
+/**
+ * The exit of main process `id` (register before starting it); undefined when `signal` aborts or the
+ * VM exits first.
+ */
+function waitForMainExit(instance: VmInstance, id: string, signal: AbortSignal): Promise<MainExitEvent | undefined> {
+  return new Promise((resolve) => {
+    const onExit = (ev: MainExitEvent) => {
+      if (ev.id === id) done(ev);
+    };
+    const onAbort = () => done(undefined);
+    function done(ev: MainExitEvent | undefined) {
+      instance.agent.off('main-exit', onExit);
+      signal.removeEventListener('abort', onAbort);
+      resolve(ev);
+    }
+    instance.agent.on('main-exit', onExit);
+    signal.addEventListener('abort', onAbort, { once: true });
+    void instance.vm.exited.then(() => done(undefined));
+  });
 }
 
 /** An agent failure as the kubelet API answers it: the agent's reason kept in the message. */

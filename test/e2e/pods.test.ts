@@ -156,7 +156,7 @@ test('configMap, secret, downwardAPI and emptyDir volumes are in the guest at th
     'test "$(cat /etc/app/colors/favourite)" = blue || exit 12',
     'test ! -e /etc/app/color || exit 13',
     'test "$(cat /etc/secret/password)" = s3cret || exit 14',
-    'test "$(stat -c %a /etc/secret/password)" = 400 || exit 15',
+    'test "$(stat -L -c %a /etc/secret/password)" = 400 || exit 15',
     'test "$(cat /etc/podinfo/name)" = volumes || exit 16',
     'grep -q \'tier="web"\' /etc/podinfo/labels || exit 17',
     'touch /etc/app/x 2>/dev/null && exit 18',

@@ -176,7 +176,9 @@ export class PodController {
         return;
       }
       const backingOff = w.retryAt !== undefined && Date.now() < w.retryAt;
-      if (this.runtime.state(uid)?.phase !== 'Running' && !backingOff) {
+      // sync() returns at once for a pod whose VM runs or is starting; a Running pod whose VM died and
+      // whose back-off has passed gets its VM booted again here.
+      if (!backingOff) {
         // Sync runs long (pull, boot): post the status first so "ContainerCreating" shows meanwhile.
         const syncing = this.runtime.sync(pod);
         // A sync that fails before the status is posted (a pull refused at once) must not be an unhandled

@@ -14,10 +14,25 @@ export interface EnvLookups {
   /** The Secret's data, already decoded, or undefined when it does not exist. */
   secret(namespace: string, name: string): Promise<Record<string, string> | undefined>;
   /**
+   * A service account token for a projected serviceAccountToken volume (TokenRequest, bound to the pod);
+   * undefined when this node cannot ask for one (no API server).
+   */
+  serviceAccountToken?(req: ServiceAccountTokenRequest): Promise<string>;
+  /**
    * Told about keys of an envFrom source that are not valid variable names and were skipped (the kubelet
    * skips them too, with the Warning Event `InvalidEnvironmentVariableNames`; `message` is its wording).
    */
   skippedKeys?(skipped: { kind: 'ConfigMap' | 'Secret'; name: string; keys: string[]; message: string }): void;
+}
+
+export interface ServiceAccountTokenRequest {
+  namespace: string;
+  serviceAccount: string;
+  /** Empty: the API server's own audience. */
+  audience?: string;
+  expirationSeconds: number;
+  podName: string;
+  podUid: string;
 }
 
 export interface EnvFacts {

@@ -2,7 +2,7 @@
 // the API server holds, so that status is written only when it changed. Pure: the clock is an argument.
 // The result is the JSON on the wire (times are RFC 3339 strings to the second, like metav1.Time), which is
 // why it is typed PodStatusJson and not client-node's V1PodStatus (whose times are Date objects).
-import type { V1Pod, V1PodCondition, V1PodStatus } from '@kubernetes/client-node';
+import type { V1Container, V1Pod, V1PodCondition, V1PodStatus } from '@kubernetes/client-node';
 
 export interface PodRuntimeState {
   phase: 'Pending' | 'Running' | 'Succeeded' | 'Failed';
@@ -16,28 +16,34 @@ export interface PodRuntimeState {
   /** Init containers all completed; default: the VM container has started (init runs before it). */
   initialized?: boolean;
   /** The VM container. */
-  container: {
-    name: string;
-    image: string;
-    imageID?: string;
-    /** e.g. "vmlet://<pod-uid>" */
-    containerID?: string;
-    state:
-      | { kind: 'waiting'; reason: string; message?: string }
-      | { kind: 'running'; startedAt: Date }
-      | { kind: 'terminated'; exitCode: number; signal?: number; reason: string; message?: string; startedAt?: Date; finishedAt: Date };
-    lastTermination?: { exitCode: number; reason: string; startedAt?: Date; finishedAt: Date };
-    ready: boolean;
-    started: boolean;
-    restartCount: number;
-  };
+  container: ContainerRuntimeState;
+  /** The init containers that have started so far, in spec order (they run in the VM before the main process). */
+  initContainers?: ContainerRuntimeState[];
+}
+
+/** One container as the runtime sees it: the VM container, or an init container run in the VM. */
+export interface ContainerRuntimeState {
+  name: string;
+  image: string;
+  imageID?: string;
+  /** e.g. "vmlet://<pod-uid>" */
+  containerID?: string;
+  state:
+    | { kind: 'waiting'; reason: string; message?: string }
+    | { kind: 'running'; startedAt: Date }
+    | { kind: 'terminated'; exitCode: number; signal?: number; reason: string; message?: string; startedAt?: Date; finishedAt: Date };
+  lastTermination?: { exitCode: number; reason: string; message?: string; startedAt?: Date; finishedAt: Date };
+  ready: boolean;
+  started: boolean;
+  restartCount: number;
 }
 
 /** Replaces Date by string, all the way down: the JSON form of a client-node type. */
 export type Json<T> = T extends Date ? string : T extends Array<infer U> ? Array<Json<U>> : T extends object ? { [K in keyof T]: Json<T[K]> } : T;
 export type PodStatusJson = Json<V1PodStatus>;
 type ConditionJson = Json<V1PodCondition>;
-type ContainerStateJson = NonNullable<NonNullable<PodStatusJson['containerStatuses']>[number]['state']>;
+type ContainerStatusJson = NonNullable<PodStatusJson['containerStatuses']>[number];
+type ContainerStateJson = NonNullable<ContainerStatusJson['state']>;
 
 /** Conditions the kubelet owns; any other condition (readiness gates) belongs to someone else and is kept. */
 const OWNED = ['PodScheduled', 'PodReadyToStartContainers', 'Initialized', 'ContainersReady', 'Ready'];
@@ -59,7 +65,7 @@ export function podStatus(pod: V1Pod, state: PodRuntimeState, now: Date): PodSta
     { type: 'PodReadyToStartContainers', status: state.vmReady ? 'True' : 'False' },
     initialized
       ? { type: 'Initialized', status: 'True' }
-      : { type: 'Initialized', status: 'False', reason: 'ContainersNotInitialized', message: `containers with incomplete status: [${initContainers.map((i) => i.name).join(' ')}]` },
+      : { type: 'Initialized', status: 'False', reason: 'ContainersNotInitialized', message: `containers with incomplete status: [${incomplete(initContainers, state.initContainers ?? []).join(' ')}]` },
     readiness('ContainersReady', c, completed),
     readyCondition(pod, c, completed),
     { type: 'PodScheduled', status: 'True' },
@@ -82,41 +88,62 @@ export function podStatus(pod: V1Pod, state: PodRuntimeState, now: Date): PodSta
     ...(state.podIP ? { podIP: state.podIP, podIPs: [{ ip: state.podIP }] } : {}),
     ...(startTime ? { startTime } : {}),
     ...(current?.qosClass ? { qosClass: current.qosClass } : {}),
-    containerStatuses: [
-      {
-        name: c.name,
-        image: c.image,
-        imageID: c.imageID ?? '',
-        ...(c.containerID ? { containerID: c.containerID } : {}),
-        started: finished ? false : c.started,
-        ready: c.ready,
-        restartCount: c.restartCount,
-        state: containerState(c.state, c.containerID),
-        lastState: c.lastTermination
-          ? {
-              terminated: {
-                exitCode: c.lastTermination.exitCode,
-                reason: c.lastTermination.reason,
-                ...(c.lastTermination.startedAt ? { startedAt: rfc3339(c.lastTermination.startedAt) } : {}),
-                finishedAt: rfc3339(c.lastTermination.finishedAt),
-                ...(c.containerID ? { containerID: c.containerID } : {}),
-              },
-            }
-          : {},
-      },
-    ],
+    ...(initContainers.length ? { initContainerStatuses: initStatuses(initContainers, state.initContainers ?? []) } : {}),
+    containerStatuses: [containerStatus(c, finished)],
   };
   return status;
 }
 
-function readiness(type: string, c: PodRuntimeState['container'], completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
+function containerStatus(c: ContainerRuntimeState, finished: boolean): ContainerStatusJson {
+  return {
+    name: c.name,
+    image: c.image,
+    imageID: c.imageID ?? '',
+    ...(c.containerID ? { containerID: c.containerID } : {}),
+    started: finished ? false : c.started,
+    ready: c.ready,
+    restartCount: c.restartCount,
+    state: containerState(c.state, c.containerID),
+    lastState: c.lastTermination
+      ? {
+          terminated: {
+            exitCode: c.lastTermination.exitCode,
+            reason: c.lastTermination.reason,
+            ...(c.lastTermination.message ? { message: c.lastTermination.message } : {}),
+            ...(c.lastTermination.startedAt ? { startedAt: rfc3339(c.lastTermination.startedAt) } : {}),
+            finishedAt: rfc3339(c.lastTermination.finishedAt),
+            ...(c.containerID ? { containerID: c.containerID } : {}),
+          },
+        }
+      : {},
+  };
+}
+
+/** Init containers that have not completed (exited 0), as the kubelet lists them. */
+function incomplete(spec: V1Container[], states: ContainerRuntimeState[]): string[] {
+  return spec.filter((ic) => {
+    const s = states.find((x) => x.name === ic.name)?.state;
+    return !(s?.kind === 'terminated' && s.exitCode === 0);
+  }).map((ic) => ic.name);
+}
+
+/** Every init container of the spec: those not started yet wait in PodInitializing, as on any node. */
+function initStatuses(spec: V1Container[], states: ContainerRuntimeState[]): ContainerStatusJson[] {
+  return spec.map((ic) => {
+    const s = states.find((x) => x.name === ic.name);
+    if (s) return containerStatus(s, false);
+    return { name: ic.name, image: ic.image ?? '', imageID: '', started: false, ready: false, restartCount: 0, state: { waiting: { reason: 'PodInitializing' } }, lastState: {} };
+  });
+}
+
+function readiness(type: string, c: ContainerRuntimeState, completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
   if (completed) return { type, status: 'False', reason: 'PodCompleted' };
   if (c.ready) return { type, status: 'True' };
   return { type, status: 'False', reason: 'ContainersNotReady', message: `containers with unready status: [${c.name}]` };
 }
 
 /** Ready is ContainersReady plus every readiness gate's condition being True (set by someone else). */
-function readyCondition(pod: V1Pod, c: PodRuntimeState['container'], completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
+function readyCondition(pod: V1Pod, c: ContainerRuntimeState, completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
   const base = readiness('Ready', c, completed);
   if (base.status !== 'True') return base;
   const conditions = pod.status?.conditions ?? [];
@@ -129,7 +156,7 @@ function readyCondition(pod: V1Pod, c: PodRuntimeState['container'], completed: 
   return unready.length ? { type: 'Ready', status: 'False', reason: 'ReadinessGatesNotReady', message: unready.join(', ') } : base;
 }
 
-function containerState(s: PodRuntimeState['container']['state'], containerID: string | undefined): ContainerStateJson {
+function containerState(s: ContainerRuntimeState['state'], containerID: string | undefined): ContainerStateJson {
   switch (s.kind) {
     case 'waiting':
       return { waiting: { reason: s.reason, ...(s.message ? { message: s.message } : {}) } };
@@ -165,7 +192,7 @@ export function statusChanged(current: V1PodStatus | PodStatusJson | undefined, 
   return canonical(current) !== canonical(next);
 }
 
-const WRITTEN = ['phase', 'reason', 'message', 'hostIP', 'hostIPs', 'podIP', 'podIPs', 'startTime', 'containerStatuses'] as const;
+const WRITTEN = ['phase', 'reason', 'message', 'hostIP', 'hostIPs', 'podIP', 'podIPs', 'startTime', 'initContainerStatuses', 'containerStatuses'] as const;
 
 function canonical(s: V1PodStatus | PodStatusJson): string {
   const picked: Record<string, unknown> = {};

@@ -83,11 +83,22 @@ export function checkPod(pod: V1Pod, opts: CheckOptions): void {
   containers.forEach((c, i) => checkContainer(c, where('containers', i, c), volumes, add));
   (spec.initContainers ?? []).forEach((c, i) => {
     const at = where('initContainers', i, c);
+    const before = problems.length;
+    checkContainer(c, at, volumes, add);
     // API server allows (SidecarContainers, on by default since 1.29).
     if (c.restartPolicy === 'Always') {
       add('UnsupportedPodSpec', `${at}: restartPolicy Always makes "${c.name}" a sidecar container, which VM pods do not support yet; drop restartPolicy to run it to completion before the main process`);
+      return;
     }
-    checkContainer(c, at, volumes, add);
+    if (problems.length > before) return;
+    // Init containers run as processes in the pod's VM, before its main process: same image, a command.
+    const vmImage = containers[0]?.image;
+    if (c.image !== vmImage) {
+      add('UnsupportedPodSpec', `${at}.image: "${c.image}" is not the VM's image "${vmImage}"; init containers of a VM pod run inside its VM, so they use the VM container's image (container-image init containers need a container engine, which VM pods do not support yet)`);
+    }
+    if (!c.command?.length && !c.args?.length) {
+      add('UnsupportedPodSpec', `${at}: an init container of a VM pod needs a command (it runs as a process in the VM, and a VM image has no entrypoint); set command`);
+    }
   });
 
   if (problems.length === 0) return;

@@ -2,7 +2,7 @@
 // downwardAPI and projected volumes (with items, paths and modes, as the kubelet writes them), an empty
 // directory for emptyDir, or the host directory of a hostPath. Pure but for the ConfigMap/Secret
 // lookups; the runtime writes the files into the pod's volume directory and shares it over virtiofs.
-import type { V1ConfigMapProjection, V1DownwardAPIVolumeFile, V1KeyToPath, V1Pod, V1Volume } from '@kubernetes/client-node';
+import type { V1ConfigMapProjection, V1DownwardAPIVolumeFile, V1KeyToPath, V1Pod, V1ServiceAccountTokenProjection, V1Volume } from '@kubernetes/client-node';
 import { fieldValue, type EnvFacts, type EnvLookups } from './env.ts';
 import { PodSpecError } from './errors.ts';
 
@@ -40,11 +40,28 @@ export async function volumeContent(pod: V1Pod, volume: V1Volume, lookups: EnvLo
       if (src.configMap) files.push(...(await projection('configmap', src.configMap, await lookups.configMap(ns, src.configMap.name ?? ''), mode, at)));
       if (src.secret) files.push(...(await projection('secret', src.secret, await lookups.secret(ns, src.secret.name ?? ''), mode, at)));
       if (src.downwardAPI) files.push(...downward(pod, src.downwardAPI.items ?? [], mode, facts, at));
-      // serviceAccountToken (TokenRequest, rotated) is issue 5's next step: the token file is left out.
+      if (src.serviceAccountToken) files.push(await tokenFile(pod, src.serviceAccountToken, mode, lookups, at));
     }
     return { kind: 'files', files };
   }
   return { kind: 'emptyDir' };
+}
+
+/** A projected service account token, bound to the pod (the kubelet's TokenRequest; it rotates it at 80%). */
+async function tokenFile(pod: V1Pod, src: V1ServiceAccountTokenProjection, mode: number | undefined, lookups: EnvLookups, at: string): Promise<VolumeFile> {
+  const serviceAccount = pod.spec?.serviceAccountName || 'default';
+  if (!lookups.serviceAccountToken) {
+    throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for ${at}: a serviceAccountToken needs an API server to issue it, and this node runs without one`);
+  }
+  try {
+    const token = await lookups.serviceAccountToken({
+      namespace: pod.metadata?.namespace ?? 'default', serviceAccount, ...(src.audience ? { audience: src.audience } : {}),
+      expirationSeconds: src.expirationSeconds ?? 3600, podName: pod.metadata?.name ?? '', podUid: pod.metadata?.uid ?? '',
+    });
+    return { path: src.path, data: token, mode: mode ?? DEFAULT_MODE };
+  } catch (err) {
+    throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for ${at}: failed to fetch token: ${(err as Error).message}`);
+  }
 }
 
 function projection(kind: 'configmap' | 'secret', p: V1ConfigMapProjection, data: Record<string, string> | undefined, mode: number | undefined, at: string): Promise<VolumeFile[]> {

@@ -206,3 +206,36 @@ test('statusChanged compares Date-typed times with their posted strings', () => 
   const typed = { ...s, startTime: new Date('2026-05-01T10:00:00Z') } as unknown as V1PodStatus;
   assert.equal(statusChanged(typed, s), false);
 });
+
+test('init containers: those not started wait in PodInitializing, a completed one is terminated, and Initialized names the incomplete ones', () => {
+  const pod: V1Pod = { ...basePod, spec: { ...basePod.spec!, initContainers: [{ name: 'fetch', image: 'ghcr.io/x/vm:1' }, { name: 'migrate', image: 'ghcr.io/x/vm:1' }] } };
+  const state: PodRuntimeState = {
+    ...running, phase: 'Pending', initialized: false,
+    container: { ...pending.container, state: { kind: 'waiting', reason: 'PodInitializing' } },
+    initContainers: [{
+      name: 'fetch', image: 'ghcr.io/x/vm:1', imageID: 'ghcr.io/x/vm@sha256:abc', containerID: 'vmlet://uid-1-fetch',
+      state: { kind: 'terminated', exitCode: 0, reason: 'Completed', startedAt: t0, finishedAt: t1 }, ready: false, started: false, restartCount: 0,
+    }],
+  };
+  const s = podStatus(pod, state, t2);
+  assert.deepEqual(cond(s, 'Initialized'), { type: 'Initialized', status: 'False', reason: 'ContainersNotInitialized', message: 'containers with incomplete status: [migrate]', lastTransitionTime: '2026-05-01T10:01:00Z' });
+  assert.deepEqual(s.initContainerStatuses?.map((c) => [c.name, c.state]), [
+    ['fetch', { terminated: { exitCode: 0, reason: 'Completed', startedAt: '2026-05-01T10:00:00Z', finishedAt: '2026-05-01T10:00:30Z', containerID: 'vmlet://uid-1-fetch' } }],
+    ['migrate', { waiting: { reason: 'PodInitializing' } }],
+  ]);
+  assert.deepEqual(s.containerStatuses?.[0]?.state, { waiting: { reason: 'PodInitializing' } });
+  assert.ok(statusChanged(posted(podStatus(pod, { ...state, initContainers: [] }, t2)).status, s), 'a change in an init container is a change to post');
+});
+
+test('a crash-looping container keeps its last termination, message included, beside the back-off it waits in', () => {
+  const s = podStatus(basePod, {
+    ...running,
+    container: {
+      ...running.container, restartCount: 3, ready: false, started: false,
+      state: { kind: 'waiting', reason: 'CrashLoopBackOff', message: 'back-off 40s restarting failed container=vm pod=web_default(uid-1)' },
+      lastTermination: { exitCode: 128, reason: 'StartError', message: 'exec nosuch: executable file not found in $PATH', finishedAt: t1 },
+    },
+  }, t2);
+  assert.deepEqual(s.containerStatuses?.[0]?.state, { waiting: { reason: 'CrashLoopBackOff', message: 'back-off 40s restarting failed container=vm pod=web_default(uid-1)' } });
+  assert.deepEqual(s.containerStatuses?.[0]?.lastState, { terminated: { exitCode: 128, reason: 'StartError', message: 'exec nosuch: executable file not found in $PATH', finishedAt: '2026-05-01T10:00:30Z', containerID: 'vmlet://uid-1' } });
+});
