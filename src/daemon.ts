@@ -13,6 +13,7 @@ import { ImageStore } from './images/store/image-store.ts';
 import { PodController } from './kube/pods/pod-controller.ts';
 import { ServiceAccountTokens } from './kube/pods/service-account-tokens.ts';
 import type { ServiceAccountTokenRequest } from './runtime/pod/env.ts';
+import type { RuntimeClassRef } from './runtime/pod/validate.ts';
 import type { V1Pod } from '@kubernetes/client-node';
 import { StaticPodController } from './static/controller.ts';
 import { MirrorPods } from './static/mirror.ts';
@@ -160,6 +161,16 @@ export class Daemon {
         }
       },
       restartBackoff: { initialMs: config.crashLoopBackOffInitial, maxMs: config.crashLoopBackOffMax },
+      ...(api ? {
+        runtimeClass: async (name: string) => {
+          try {
+            return await api.call<RuntimeClassRef>('get', 'runtimeclasses', { method: 'GET', path: `/apis/node.k8s.io/v1/runtimeclasses/${name}` });
+          } catch (err) {
+            if (httpStatus(err) === 404) return undefined;
+            throw err;
+          }
+        },
+      } : {}),
       log: log.child({ component: 'pod-runtime' }),
       // A static pod's news goes to the static pod controller (the log, and its mirror pod), an API pod's to the PodController.
       changed: (uid) => (!pods || this.staticPods?.get(uid) ? this.staticPods?.changed(uid) : pods.changed(uid)),

@@ -13,7 +13,7 @@ import type { Duplex, Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { consoleLog } from './pod/console-log.ts';
 import { AgentError, type MainExitEvent } from '../agent/host/client.ts';
-import type { Hypervisor, ShareSpec } from '../drivers/hypervisor.ts';
+import { VmError, type Hypervisor, type ShareSpec } from '../drivers/hypervisor.ts';
 import { pullImage } from '../images/pull.ts';
 import type { RegistryClient } from '../images/registry/client.ts';
 import type { CredentialStore, PullSecret } from '../images/registry/credentials.ts';
@@ -32,7 +32,7 @@ import { agentProbeTarget } from './probes/agent-target.ts';
 import { HOOK_FAILURE, runHandler, type ProbeTarget } from './probes/handlers.ts';
 import { ContainerProber } from './probes/prober.ts';
 import type { ContainerRuntimeState, PodRuntimeState } from './pod/status.ts';
-import { checkPod } from './pod/validate.ts';
+import { checkPod, checkRuntimeClass, podWarnings, type RuntimeClassRef } from './pod/validate.ts';
 import { VmInstance } from './vm-instance.ts';
 
 export type EventType = 'Normal' | 'Warning';
@@ -57,6 +57,10 @@ export interface PodRuntimeOptions {
   changed(uid: string): void;
   event(pod: V1Pod, type: EventType, reason: string, message: string): void;
   bootTimeoutMs?: number;
+  /** The RuntimeClass a pod names (spec.runtimeClassName); undefined when it does not exist. */
+  runtimeClass?(name: string): Promise<RuntimeClassRef | undefined>;
+  /** RuntimeClass handlers this node runs (default ["vmlet"]). */
+  runtimeHandlers?: string[];
   /** Crash-loop back-off of restarted containers and rebooted VMs (default: the kubelet's 10 s to 5 min). */
   restartBackoff?: RestartBackoffOptions;
 }
@@ -73,6 +77,8 @@ interface PodRecord {
   removing?: boolean;
   /** Once told it waits for a slot, not again. */
   toldWaiting?: boolean;
+  /** checkPod and the RuntimeClass passed, and the owner was warned about what is not applied. */
+  admitted?: boolean;
   /** Failed pulls in a row: the second and later wait as ImagePullBackOff. */
   pullFailures?: number;
   /** The main process's (or, without one, the VM's) crash-loop back-off. */
@@ -156,12 +162,18 @@ export class PodRuntime implements KubeletProvider {
     if (rec.instance || rec.busy) return;
     if (rec.notBefore !== undefined && Date.now() < rec.notBefore) return;
 
-    try {
-      checkPod(pod, { hostPathPrefixes: this.o.hostPathPrefixes });
-    } catch (err) {
-      if (!(err instanceof PodSpecError)) throw err;
-      this.fail(rec, err.reason, err.message);
-      return;
+    if (!rec.admitted) {
+      try {
+        checkPod(pod, { hostPathPrefixes: this.o.hostPathPrefixes });
+        const rc = pod.spec?.runtimeClassName;
+        if (rc && this.o.runtimeClass) checkRuntimeClass(pod, await this.o.runtimeClass(rc), this.o.runtimeHandlers ?? ['vmlet']);
+      } catch (err) {
+        if (!(err instanceof PodSpecError)) throw err;
+        this.fail(rec, err.reason, err.message);
+        return;
+      }
+      rec.admitted = true;
+      for (const w of podWarnings(pod)) this.o.event(pod, 'Warning', 'UnsupportedPodSpecField', w);
     }
     if (!this.queue.includes(uid)) this.queue.push(uid);
     if (this.queue[0] !== uid || this.activeCount() >= this.o.vmSlots) {
@@ -242,12 +254,20 @@ export class PodRuntime implements KubeletProvider {
       if (rec.removing || rec.done.signal.aborted) return;
       if (err instanceof PodSpecError) {
         this.setWaiting(rec, err.reason, err.message);
-        o.event(pod, 'Warning', err.reason === 'InvalidVmSize' ? 'FailedCreate' : err.reason === 'FailedMount' ? 'FailedMount' : 'Failed', err.message);
         if (rec.instance) await this.release(rec, 5000);
+        // InvalidVmSize is final: fail() posts its Event.
         if (err.reason === 'InvalidVmSize') this.fail(rec, err.reason, err.message);
+        else o.event(pod, 'Warning', err.reason === 'FailedMount' ? 'FailedMount' : err.reason === 'ErrImageNeverPull' ? 'ErrImageNeverPull' : 'Failed', err.message);
         return;
       }
-      const reason = e.reason === 'BootFailed' || e.reason === 'BootTimeout' ? 'VmBootFailed' : (rec.state.waiting?.reason === 'ErrImagePull' ? 'ErrImagePull' : 'CreateContainerError');
+      if (e instanceof VmError && e.reason === 'InvalidVmSize') {
+        // The image's own bounds (memorySizeMin, ...), known only once it is pulled: final as well.
+        const message = `spec.containers[0] (${container.name}).resources: ${e.message}; change the container's resources.limits`;
+        this.fail(rec, 'InvalidVmSize', message);
+        return;
+      }
+      const pulling = rec.state.waiting?.reason === 'ErrImagePull' || rec.state.waiting?.reason === 'ImagePullBackOff';
+      const reason = e.reason === 'BootFailed' || e.reason === 'BootTimeout' ? 'VmBootFailed' : (pulling ? rec.state.waiting!.reason : 'CreateContainerError');
       this.setWaiting(rec, reason, e.message.split('\n')[0]!);
       o.event(pod, 'Warning', 'Failed', e.message.split('\n')[0]!);
       if (rec.instance) await this.release(rec, 5000);

@@ -210,22 +210,20 @@ const cases: Case[] = [
     pod: (n) => manifest(n, {}, { image: `${registry.host}/vmlet/not-pulled:2`, imagePullPolicy: 'Never' }),
     message: /Container image "127\.0\.0\.1:\d+\/vmlet\/not-pulled:2" is not present with pull policy of Never/,
   },
-  // A failed pull is ErrImagePull, then ImagePullBackOff; from the second attempt on the runtime reports
-  // CreateContainerError instead (the reason is picked from the waiting reason, which is then
-  // ImagePullBackOff): accepted here until the runtime keeps the pull reasons.
+  // A failed pull is ErrImagePull, then ImagePullBackOff.
   {
-    name: 'image-not-found', phase: 'Pending', reason: /^(ErrImagePull|ImagePullBackOff|CreateContainerError)$/,
+    name: 'image-not-found', phase: 'Pending', reason: /^(ErrImagePull|ImagePullBackOff)$/,
     pod: (n) => manifest(n, {}, { image: `${registry.host}/vmlet/no-such-image:1` }),
     message: /no-such-image:1.*(not found|unknown)/i,
   },
   {
-    name: 'container-image', phase: 'Pending', reason: /^(ErrImagePull|ImagePullBackOff|CreateContainerError)$/,
+    name: 'container-image', phase: 'Pending', reason: /^(ErrImagePull|ImagePullBackOff)$/,
     pod: (n) => manifest(n, {}, { image: containerImage }),
     message: /oci\/hello:1 is not a VM image \(layer media types: application\/vnd\.oci\.image\.layer\.v1\.tar\+gzip\); expected Tart .* or Agoda .* layers: it is a container image, and vmlet runs VM images only \(build one with `vmlet image import` or Tart/,
   },
   {
     // Pulls the VM image (no boot): the image's memorySizeMin is 256 MiB.
-    name: 'memory-below-image-minimum', phase: 'Pending', reason: /^(CreateContainerError|InvalidVmSize)$/,
+    name: 'memory-below-image-minimum', ...failed, reason: /^InvalidVmSize$/,
     pod: (n) => manifest(n, {}, { resources: { limits: { memory: '128Mi' } } }),
     message: /the image needs at least 256 MiB of memory \(memorySizeMin\); 128 MiB requested/,
   },
@@ -233,7 +231,6 @@ const cases: Case[] = [
     name: 'other-runtime-class', ...failed, reason: /^UnsupportedPodSpec$/,
     pod: (n) => manifest(n, { runtimeClassName: 'gvisor' }),
     message: /spec\.runtimeClassName: RuntimeClass "gvisor" selects handler "runsc", which this node does not have/,
-    todo: 'the runtime does not look the RuntimeClass up and call checkRuntimeClass() (vmlet has no handler setting yet); today the pod boots a VM and runs',
   },
   {
     // Init containers run as processes in the pod's VM, so they must name the VM's image.
