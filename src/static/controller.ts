@@ -182,7 +182,8 @@ export class StaticPodController {
       const message = status.message ?? cs?.state?.waiting?.message ?? cs?.state?.terminated?.message;
       this.o.log.info({ pod: name(w.pod), uid, phase: status.phase, container: state, ready: cs?.ready ?? false, restartCount: cs?.restartCount ?? 0, ...(message ? { message } : {}) }, 'static pod status');
     }
-    this.o.onStatus?.(w.pod, status);
+    // A refused pod gets no mirror: the API server would refuse it for the same references.
+    if (!w.refused) this.o.onStatus?.(w.pod, status);
   }
 }
 

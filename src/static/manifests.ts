@@ -55,7 +55,12 @@ export function parseManifest(file: string, text: string, nodeName: string): V1P
       const what = error.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
       throw new ManifestError(`${at}: not valid YAML${pos ? ` at line ${pos.line}, column ${pos.col}` : ''}: ${what}`);
     }
-    const value: unknown = doc.toJS();
+    let value: unknown;
+    try {
+      value = doc.toJS();
+    } catch (err) {
+      throw new ManifestError(`${at}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+    }
     if (value === null || value === undefined) return; // an empty document ("---" at the end)
     if (typeof value !== 'object' || Array.isArray(value)) throw new ManifestError(`${at}: expected a Pod object (a mapping with kind: Pod), got ${Array.isArray(value) ? 'a list' : typeof value}`);
     const obj = value as Record<string, unknown>;

@@ -88,9 +88,10 @@ export class StaticPodSource {
           for (const pod of pods) pod.metadata!.annotations![CONFIG_SEEN_ANNOTATION] = seen;
           state = { text, pods };
         } catch (err) {
-          if (!(err instanceof ManifestError)) throw err;
-          state = { text, pods: previous, error: err.message };
-          log.error({ file, err: err.message }, `static pod manifest ignored: ${err.message}${previous.length ? ' (its pods keep running as they were)' : ''}`);
+          // Whatever the YAML library throws besides (an alias it cannot resolve, ...) is this file's fault too.
+          const message = err instanceof ManifestError ? err.message : `${file}: ${(err as Error).message.split('\n')[0]}`;
+          state = { text, pods: previous, error: message };
+          log.error({ file, err: message }, `static pod manifest ignored: ${message}${previous.length ? ' (its pods keep running as they were)' : ''}`);
         }
         this.files.set(name, state);
       }
