@@ -6,7 +6,7 @@
 //
 // Restart safety: each VM's directory is `<vmDir>/<pod-uid>` with a pod.json beside the driver's
 // vm.json; `adopt()` takes running VMs over after a vmlet restart instead of booting them again.
-import type { V1Container, V1Pod } from '@kubernetes/client-node';
+import type { V1Container, V1Pod, V1Service } from '@kubernetes/client-node';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
@@ -57,6 +57,8 @@ export interface PodRuntimeOptions {
   changed(uid: string): void;
   event(pod: V1Pod, type: EventType, reason: string, message: string): void;
   bootTimeoutMs?: number;
+  /** The cluster's Services, for service-link variables (none without an API server). */
+  services?(): Promise<V1Service[]>;
   /** The RuntimeClass a pod names (spec.runtimeClassName); undefined when it does not exist. */
   runtimeClass?(name: string): Promise<RuntimeClassRef | undefined>;
   /** RuntimeClass handlers this node runs (default ["vmlet"]). */
@@ -197,17 +199,23 @@ export class PodRuntime implements KubeletProvider {
     const container = pod.spec!.containers[0]!;
     const { o } = this;
     let image: StoredImage;
+    // Where a start's time goes (ms since it began), logged once the container runs (bench/pods.ts reads it).
+    const t0 = Date.now();
+    const took: Record<string, number> = {};
     try {
       // Without CPU or memory in the container's resources, the image's own VM config sizes the VM.
       const r = container.resources;
       const sized = [r?.limits, r?.requests].some((q) => q?.cpu !== undefined || q?.memory !== undefined);
       const size = sized ? vmSize(container, o.defaults) : undefined;
-      const facts: EnvFacts = { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, ...(size ? { vm: size } : {}) };
+      const services = (await o.services?.()) ?? [];
+      const facts: EnvFacts = { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, services, ...(size ? { vm: size } : {}) };
       const env = await resolveEnv(pod, container, o.lookups, facts);
       rec.env = env;
       // Init containers run in the same VM: their mounts are the VM's too.
       const volumes = await this.prepareVolumes(pod, [...(pod.spec!.initContainers ?? []), container], facts);
+      took.prepared = Date.now() - t0;
       image = await this.pull(rec, container);
+      took.pulled = Date.now() - t0;
       const sizeText = size ? `${size.cpus} vCPU, ${size.memoryMiB} MiB` : "the image's CPUs and memory";
       this.setWaiting(rec, 'ContainerCreating', `booting a VM (${sizeText})`);
       const instance = await VmInstance.launch({
@@ -215,6 +223,12 @@ export class PodRuntime implements KubeletProvider {
         ...(size ? { cpus: size.cpus, memoryMiB: size.memoryMiB } : {}), network: { mode: 'user', forwards: [] },
         shares: uniqueShares(volumes),
         ...(o.bootTimeoutMs ? { bootTimeoutMs: o.bootTimeoutMs } : {}),
+        onPhase: (phase, ms) => {
+          took[phase] = took.pulled! + ms;
+          // The driver's part: VM created and started, guest booted, agent greeted (from the disk clone on).
+          const bootMs = took.pulled! + ms - took.cloned!;
+          if (phase === 'ready') o.log.info({ uid, bootMs, startedToReadyMs: took.pulled! + ms - took.started! }, `VM booted to agent-ready in ${bootMs} ms`);
+        },
       });
       if (rec.removing) {
         await instance.stop(5000);
@@ -237,6 +251,7 @@ export class PodRuntime implements KubeletProvider {
       // A pod's hostname is its name (or spec.hostname), as in a container; best effort, a guest that
       // cannot set it still runs the pod.
       await instance.agent.setHostname(pod.spec!.hostname ?? pod.metadata!.name!).catch((err: Error) => o.log.warn({ uid, err: err.message }, 'setting the hostname in the VM failed'));
+      took.setUp = Date.now() - t0;
       rec.state = { ...rec.state, vmReady: true, podIP: o.hostIP };
       const imageID = `${container.image}@${image.digest}`;
       if (!(await this.runInitContainers(rec, instance, imageID, facts))) return;
@@ -248,6 +263,7 @@ export class PodRuntime implements KubeletProvider {
       rec.state = { ...rec.state, startTime: rec.state.startTime ?? now };
       o.event(pod, 'Normal', 'Started', argv.length > 0 ? `Started container ${container.name} in the VM: ${argv.join(' ').slice(0, 200)}` : `Started VM ${uid} (no command: the VM is the container)`);
       await this.containerStarted(rec, instance, now);
+      o.log.info({ uid, ms: { ...took, running: Date.now() - t0 } }, 'pod container running');
       o.changed(uid);
     } catch (err) {
       const e = err as Error & { reason?: string };
@@ -625,10 +641,18 @@ export class PodRuntime implements KubeletProvider {
         return;
       }
     }
+    this.startProbes(rec, instance, startedAt);
+  }
+
+  /** The VM container's probes for its current run (also for a VM adopted after a vmlet restart). */
+  private startProbes(rec: PodRecord, instance: VmInstance, startedAt: Date): void {
+    const pod = rec.pod;
+    const uid = pod.metadata!.uid!;
+    const c = pod.spec!.containers[0]!;
     if (rec.done.signal.aborted || rec.instance !== instance) return;
     rec.prober?.stop();
     rec.prober = new ContainerProber({
-      container: c, target, startedAt: startedAt.getTime(),
+      container: c, target: this.target(rec, instance), startedAt: startedAt.getTime(),
       onStarted: () => {
         rec.state.container = { ...rec.state.container, started: true };
         this.o.changed(uid);
@@ -821,8 +845,12 @@ export class PodRuntime implements KubeletProvider {
       };
       this.pods.set(uid, rec);
       this.watch(rec, instance);
+      // Probes start over, as after a kubelet restart: readiness keeps its last verdict until the first
+      // result (the pod stays Ready meanwhile).
+      this.startProbes(rec, instance, startedAt);
       // The env of `kubectl exec` sessions, resolved again (pod.json does not keep it: it may hold Secrets).
-      void resolveEnv(pod, container, this.o.lookups, { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP })
+      void (this.o.services?.() ?? Promise.resolve([]))
+        .then((services) => resolveEnv(pod, container, this.o.lookups, { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP, services }))
         .then((env) => (rec.env ??= env), (err: Error) => this.o.log.warn({ uid, err: err.message }, 'resolving the env of an adopted pod failed'));
       adopted.push(uid);
     }

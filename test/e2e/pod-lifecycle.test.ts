@@ -109,3 +109,31 @@ test('activeDeadlineSeconds: the pod fails with DeadlineExceeded once it has run
   await waitFor('its VM stopped', async () => ((await env.qemuPids(pod.metadata!.uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
   await env.delete('deadline');
 });
+
+test('kill -9 of vmlet with two running pods: the new vmlet adopts both VMs (same processes), they stay Ready throughout, and exec still gets the container env', async () => {
+  await env.apply(env.manifest('keep-a', { env: [{ name: 'WHO', value: 'a' }] }));
+  await env.apply(env.manifest('keep-b', {
+    command: ['sh', '-c', 'echo ok > /tmp/ready; exec sleep 100000'], env: [{ name: 'WHO', value: 'b' }],
+    readinessProbe: { exec: { command: ['cat', '/tmp/ready'] }, periodSeconds: 2 },
+  }));
+  const [a, b] = await Promise.all([env.waitReady('keep-a'), env.waitReady('keep-b')]);
+  const readySince = (p: V1Pod) => p.status?.conditions?.find((c) => c.type === 'Ready')?.lastTransitionTime;
+  const pids = [...(await env.qemuPids(a.metadata!.uid)), ...(await env.qemuPids(b.metadata!.uid))];
+  assert.equal(pids.length, 2);
+
+  await env.restartVmlet();
+  const adopted = await env.vmlet.waitForLog('the VMs adopted', (l) => /adopted those with a pod/.test(l.msg), 60_000);
+  assert.deepEqual([...(adopted as unknown as { adopted: string[] }).adopted].sort(), [a.metadata!.uid, b.metadata!.uid].sort());
+  assert.deepEqual([...(await env.qemuPids(a.metadata!.uid)), ...(await env.qemuPids(b.metadata!.uid))], pids, 'the same QEMU processes');
+  // Long enough for the readiness probe to run a few times under the new vmlet.
+  await new Promise((r) => setTimeout(r, 8000));
+  for (const [before, name] of [[a, 'keep-a'], [b, 'keep-b']] as const) {
+    const now = await env.pod(name);
+    assert.ok(isReady(now), `${name} Ready`);
+    assert.equal(readySince(now), readySince(before), `${name} never left Ready`);
+    assert.equal(main(now)?.restartCount, 0);
+    assert.equal(await env.kubectl('exec', name, '--', 'sh', '-c', 'echo $WHO'), `${name.slice(-1)}\n`);
+  }
+  await Promise.all([env.delete('keep-a'), env.delete('keep-b')]);
+  await waitFor('their VMs stopped', async () => ((await env.qemuPids(a.metadata!.uid)).length + (await env.qemuPids(b.metadata!.uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
+});
