@@ -12,6 +12,7 @@ import { CredentialStore, type PullSecret } from './images/registry/credentials.
 import { ImageStore } from './images/store/image-store.ts';
 import { PodController } from './kube/pods/pod-controller.ts';
 import { ServiceAccountTokens } from './kube/pods/service-account-tokens.ts';
+import { ServiceCache } from './kube/pods/services.ts';
 import type { ServiceAccountTokenRequest } from './runtime/pod/env.ts';
 import type { RuntimeClassRef } from './runtime/pod/validate.ts';
 import type { V1Pod } from '@kubernetes/client-node';
@@ -43,6 +44,7 @@ export class Daemon {
   private node?: NodeController;
   private pods?: PodController;
   private runtime?: PodRuntime;
+  private services?: ServiceCache;
   private registry?: RegistryClient;
   private api?: KubeApi;
   private admin?: AdminServer;
@@ -140,6 +142,8 @@ export class Daemon {
       }
     };
     const tokens = api ? new ServiceAccountTokens(api) : undefined;
+    const services = api ? new ServiceCache({ api, log, metrics }) : undefined;
+    this.services = services;
     const runtime = new PodRuntime({
       store, registry: this.registry, driver,
       vmDir: config.vmDir ?? path.join(config.imageCacheDir, 'vms'),
@@ -161,6 +165,7 @@ export class Daemon {
         }
       },
       restartBackoff: { initialMs: config.crashLoopBackOffInitial, maxMs: config.crashLoopBackOffMax },
+      ...(services ? { services: () => services.list() } : {}),
       ...(api ? {
         runtimeClass: async (name: string) => {
           try {
@@ -260,6 +265,7 @@ export class Daemon {
     await this.staticPods?.stop();
     await this.mirrors?.stop();
     await this.pods?.stop();
+    await this.services?.stop();
     // VMs keep running: the next vmlet adopts them.
     await this.runtime?.detachAll();
     await this.registry?.close();

@@ -106,6 +106,7 @@ test('a failing postStart hook kills the container (FailedPostStartHook) and the
 
 test('a ConfigMap change reaches the guest while the pod runs; a projected service account token is one the API server issued for this pod', async () => {
   await env.kubectl('create', 'configmap', 'settings', '--from-literal=greeting=hello');
+  await env.kubectl('create', 'service', 'clusterip', 'my-db', '--tcp=5432:5432');
   await env.apply(env.manifest('configured', {
     volumeMounts: [{ name: 'settings', mountPath: '/etc/settings' }, { name: 'token', mountPath: '/var/run/secrets/tokens' }],
   }, {
@@ -117,6 +118,10 @@ test('a ConfigMap change reaches the guest while the pod runs; a projected servi
   }));
   const pod = await env.waitReady('configured');
   assert.equal(await env.kubectl('exec', 'configured', '--', 'cat', '/etc/settings/greeting'), 'hello');
+  // Service links: the namespace's Services and the API server's own, as on any node.
+  const ip = (svc: string) => env.kubectl('get', 'service', svc, '-o', 'jsonpath={.spec.clusterIP}');
+  assert.equal(await env.kubectl('exec', 'configured', '--', 'sh', '-c', 'echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $MY_DB_SERVICE_HOST $MY_DB_PORT'),
+    `${await ip('kubernetes')}:443 ${await ip('my-db')} tcp://${await ip('my-db')}:5432\n`);
 
   const token = await env.kubectl('exec', 'configured', '--', 'cat', '/var/run/secrets/tokens/vmlet-token');
   const review = JSON.parse(await env.cluster.kubectl(['create', '-o', 'json', '-f', '-'], {

@@ -3,9 +3,10 @@
 // one overriding; `$(VAR)` in `value` expands against what is defined so far. Pure but for the ConfigMap
 // and Secret lookups the caller passes; errors are PodSpecError('CreateContainerConfigError') worded as the
 // kubelet words them, because that is what users search for.
-import type { V1Container, V1Pod, V1ResourceFieldSelector } from '@kubernetes/client-node';
+import type { V1Container, V1Pod, V1ResourceFieldSelector, V1Service } from '@kubernetes/client-node';
 import { parseQuantity } from '../../kube/quantity.ts';
 import { PodSpecError } from './errors.ts';
+import { serviceLinkEnv } from './service-env.ts';
 import { ENV_NAME } from './validate.ts';
 
 export interface EnvLookups {
@@ -41,8 +42,8 @@ export interface EnvFacts {
   podIP?: string;
   /** All pod IPs (status.podIPs); default: podIP. */
   podIPs?: string[];
-  /** Service-link variables (FOO_SERVICE_HOST, ...), used unless spec.enableServiceLinks is false. */
-  serviceEnv?: Record<string, string>;
+  /** The cluster's Services, for the service-link variables (FOO_SERVICE_HOST, ...: service-env.ts). */
+  services?: V1Service[];
   /**
    * The VM's size: what resourceFieldRef limits.cpu/limits.memory report for a container without limits
    * (the kubelet reports node allocatable there; a VM's whole machine is its size).
@@ -53,9 +54,7 @@ export interface EnvFacts {
 export async function resolveEnv(pod: V1Pod, container: V1Container, lookups: EnvLookups, facts: EnvFacts): Promise<Record<string, string>> {
   const namespace = pod.metadata?.namespace ?? 'default';
   const env = new Map<string, string>();
-  if (pod.spec?.enableServiceLinks !== false) {
-    for (const [k, v] of Object.entries(facts.serviceEnv ?? {})) env.set(k, v);
-  }
+  for (const [k, v] of Object.entries(serviceLinkEnv(facts.services ?? [], namespace, pod.spec?.enableServiceLinks !== false))) env.set(k, v);
 
   // One read per object per resolution, as the kubelet caches them for one container.
   const configMaps = new Map<string, Promise<Record<string, string> | undefined>>();

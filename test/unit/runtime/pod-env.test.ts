@@ -176,9 +176,12 @@ test('resourceFieldRef may name another container of the pod', async () => {
 });
 
 test('service-link variables come first, are overridden by explicit env, can be referenced, and are left out when enableServiceLinks is false', async () => {
-  const f = { ...facts, serviceEnv: { DB_SERVICE_HOST: '10.96.0.9', DB_SERVICE_PORT: '5432' } };
+  const f = { ...facts, services: [{ metadata: { namespace: 'shop', name: 'db' }, spec: { clusterIP: '10.96.0.9', ports: [{ port: 5432 }] } }] };
   const out = await env({ env: [{ name: 'DB_SERVICE_PORT', value: '6543' }, { name: 'DSN', value: 'pg://$(DB_SERVICE_HOST):$(DB_SERVICE_PORT)' }] }, {}, f);
-  assert.deepEqual(out, { DB_SERVICE_HOST: '10.96.0.9', DB_SERVICE_PORT: '6543', DSN: 'pg://10.96.0.9:6543' });
+  assert.equal(out.DB_SERVICE_HOST, '10.96.0.9');
+  assert.equal(out.DB_PORT_5432_TCP, 'tcp://10.96.0.9:5432');
+  assert.equal(out.DB_SERVICE_PORT, '6543');
+  assert.equal(out.DSN, 'pg://10.96.0.9:6543');
   const off = await env({ env: [{ name: 'DSN', value: '$(DB_SERVICE_HOST)' }] }, { enableServiceLinks: false }, f);
   assert.deepEqual(off, { DSN: '$(DB_SERVICE_HOST)' });
 });
