@@ -28,6 +28,8 @@ import { PodSpecError } from './pod/errors.ts';
 import { vmSize, type NodeVmSizing } from './pod/sizing.ts';
 import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
 import { writeVolumeAtomically } from './pod/atomic-writer.ts';
+import { diskUsage } from './pod/disk-usage.ts';
+import { parseQuantity } from '../kube/quantity.ts';
 import { agentProbeTarget } from './probes/agent-target.ts';
 import { HOOK_FAILURE, runHandler, type ProbeTarget } from './probes/handlers.ts';
 import { ContainerProber } from './probes/prober.ts';
@@ -596,6 +598,7 @@ export class PodRuntime implements KubeletProvider {
     rec.refreshing = (async () => {
       for (const volume of pod.spec!.volumes ?? []) {
         if (!mounted.has(volume.name) || !(volume.configMap || volume.secret || volume.downwardAPI || volume.projected)) continue;
+        if (rec.instance !== instance) return;
         try {
           const content = await volumeContent(pod, volume, this.o.lookups, facts);
           if (content.kind !== 'files' || rec.instance !== instance) continue;
@@ -606,9 +609,38 @@ export class PodRuntime implements KubeletProvider {
           this.o.event(pod, 'Warning', 'FailedMount', `${(err as Error).message} (the volume keeps its previous content)`);
         }
       }
+      await this.checkEmptyDirLimits(rec, instance, mounted);
     })().finally(() => {
       rec.refreshing = undefined;
     });
+  }
+
+  /**
+   * emptyDir sizeLimit, as the kubelet's eviction manager enforces it: a volume that holds more than its
+   * limit gets the pod evicted (Failed, reason Evicted, in the kubelet's words) and its VM stopped.
+   */
+  private async checkEmptyDirLimits(rec: PodRecord, instance: VmInstance, mounted: Set<string>): Promise<void> {
+    const pod = rec.pod;
+    for (const volume of pod.spec!.volumes ?? []) {
+      const limit = volume.emptyDir?.sizeLimit;
+      if (!limit || !mounted.has(volume.name) || rec.instance !== instance) continue;
+      const used = await diskUsage(path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes', volume.name));
+      if (used <= parseQuantity(String(limit))) continue;
+      const message = `Usage of EmptyDir volume "${volume.name}" exceeds the limit "${String(limit)}". `;
+      const running = rec.state.container.state;
+      rec.state = {
+        ...rec.state, phase: 'Failed', waiting: { reason: 'Evicted', message },
+        container: {
+          ...rec.state.container, ready: false,
+          ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: 'killed: the pod was evicted', startedAt: running.startedAt, finishedAt: new Date() } } : {}),
+        },
+      };
+      this.finish(rec);
+      this.o.event(pod, 'Warning', 'Evicted', message);
+      this.o.changed(pod.metadata!.uid!);
+      await this.release(rec, Math.max(pod.spec?.terminationGracePeriodSeconds ?? 30, 1) * 1000);
+      return;
+    }
   }
 
   /** What probes and hooks of the VM container run against: its VM, through the agent. */

@@ -137,3 +137,16 @@ test('kill -9 of vmlet with two running pods: the new vmlet adopts both VMs (sam
   await Promise.all([env.delete('keep-a'), env.delete('keep-b')]);
   await waitFor('their VMs stopped', async () => ((await env.qemuPids(a.metadata!.uid)).length + (await env.qemuPids(b.metadata!.uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
 });
+
+test('an emptyDir that outgrows its sizeLimit gets the pod evicted, in the kubelet\'s words, and its VM stopped', async () => {
+  await env.apply(env.manifest('too-much-scratch', {
+    command: ['sh', '-c', 'dd if=/dev/zero of=/scratch/fill bs=1024 count=4096 && sync; exec sleep 100000'],
+    volumeMounts: [{ name: 'scratch', mountPath: '/scratch' }],
+  }, { volumes: [{ name: 'scratch', emptyDir: { sizeLimit: '1Mi' } }] }));
+  const pod = await env.waitForPod('too-much-scratch', 'Failed with Evicted', (p) => p.status?.phase === 'Failed' && p, 300_000);
+  assert.equal(pod.status?.reason, 'Evicted');
+  assert.equal(pod.status?.message, 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". ');
+  assert.ok((await reasons('too-much-scratch')).some((e) => e.startsWith('Warning/Evicted: Usage of EmptyDir volume "scratch" exceeds the limit "1Mi"')));
+  await waitFor('its VM stopped', async () => ((await env.qemuPids(pod.metadata!.uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
+  await env.delete('too-much-scratch');
+});
