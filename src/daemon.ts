@@ -7,6 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { probeHypervisor } from './drivers/probe.ts';
 import { QemuDriver } from './drivers/qemu/index.ts';
+import { VzDriver } from './drivers/vz/index.ts';
+import type { Hypervisor } from './drivers/hypervisor.ts';
 import { RegistryClient } from './images/registry/client.ts';
 import { CredentialStore, type PullSecret } from './images/registry/credentials.ts';
 import { ImageStore } from './images/store/image-store.ts';
@@ -109,13 +111,15 @@ export class Daemon {
   private async startPods(api: KubeApi | undefined, firstIp: string | undefined): Promise<void> {
     const { config, log, metrics } = this;
     const probe = await probeHypervisor({ want: config.hypervisor, arch: process.arch === 'arm64' ? 'arm64' : 'amd64' });
-    if (!probe.usable || probe.driver !== 'qemu') {
+    if (!probe.usable || probe.driver === null) {
       log.warn({ reason: probe.reason }, `pods will not run on this node: ${probe.message}`);
       return;
     }
     const store = new ImageStore(config.imageCacheDir);
     await store.init();
-    const driver = await QemuDriver.open({ log: log.child({ component: 'qemu' }) });
+    const driver: Hypervisor = probe.driver === 'vz'
+      ? await VzDriver.open({ log: log.child({ component: 'vz' }) })
+      : await QemuDriver.open({ log: log.child({ component: 'qemu' }) });
     const credentials = new CredentialStore({});
     this.registry = new RegistryClient({ plainHttpRegistries: [], caPems: [], credentials });
     const hostIP = config.node.ip ?? firstIp ?? '127.0.0.1';

@@ -6,6 +6,7 @@ import { access, constants } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { kvmProblem } from './qemu/host.ts';
+import { checkSignature, findHelper, type SignatureCheck } from './vz/host.ts';
 
 const run = promisify(execFile);
 
@@ -31,26 +32,54 @@ export interface ProbeOptions {
   arch: string;
   /** Directories searched for QEMU; default: $PATH. */
   searchPath?: string[];
+  /** Finds the vz helper and reads its signature (default: src/drivers/vz/host.ts); tests pass a stand-in. */
+  vzHelper?: () => Promise<VzHelperFinding>;
+}
+
+/** Where the vz helper is and how it is signed; no path when it was not found. */
+export interface VzHelperFinding {
+  path?: string;
+  signature?: SignatureCheck;
+}
+
+async function findVzHelper(): Promise<VzHelperFinding> {
+  const path = await findHelper();
+  return path ? { path, signature: await checkSignature(path) } : {};
 }
 
 const QEMU_BINARY: Record<string, string> = { amd64: 'qemu-system-x86_64', arm64: 'qemu-system-aarch64' };
 
 export async function probeHypervisor(options: ProbeOptions): Promise<HypervisorProbe> {
   const platform = options.platform ?? process.platform;
-  if (options.want === 'vz') return probeVz(platform, options.arch);
-  // `auto` will prefer Virtualization.framework on Apple Silicon once its driver exists; until then QEMU
-  // (with HVF on a Mac) is the only driver to look for.
+  const vzHelper = options.vzHelper ?? findVzHelper;
+  if (options.want === 'vz') return probeVz(platform, options.arch, vzHelper);
+  // `auto` prefers Virtualization.framework on Apple Silicon when its helper is there and signed; else
+  // QEMU (with HVF on a Mac). Linux hosts look for QEMU only.
+  if (options.want === 'auto' && platform === 'darwin' && options.arch === 'arm64') {
+    const vz = await probeVz(platform, options.arch, vzHelper);
+    if (vz.usable) return vz;
+  }
   return probeQemu(platform, options.arch, options.searchPath ?? (process.env.PATH ?? '').split(path.delimiter));
 }
 
-// Virtualization.framework needs Apple Silicon and the vz helper of the macOS issue; until that helper
-// exists the probe says so rather than pretending.
-function probeVz(platform: string, arch: string): HypervisorProbe {
+// Virtualization.framework needs Apple Silicon and the vz helper (native/vz), signed with the
+// virtualization entitlement.
+async function probeVz(platform: string, arch: string, vzHelper: () => Promise<VzHelperFinding>): Promise<HypervisorProbe> {
   const base = { usable: false, driver: null, accelerator: null, guestOSes: [] } as const;
   if (platform !== 'darwin' || arch !== 'arm64') {
     return { ...base, reason: 'VirtualizationFrameworkUnavailable', message: `Virtualization.framework needs macOS on Apple Silicon; this host is ${platform}/${arch}` };
   }
-  return { ...base, reason: 'VzDriverNotInstalled', message: 'the Virtualization.framework driver is not part of this vmlet build yet; use hypervisor: qemu' };
+  const helper = await vzHelper();
+  if (!helper.path) {
+    return { ...base, reason: 'VzHelperNotFound', message: 'the vz helper (vmlet-vz) was not found: build it with scripts/build-vz-helper.sh, or set VMLET_VZ_HELPER' };
+  }
+  if (!helper.signature?.signed) {
+    return { ...base, reason: 'VzHelperNotSigned', message: `${helper.path} is not signed (${helper.signature?.why ?? 'unknown'}): run scripts/build-vz-helper.sh` };
+  }
+  if (!helper.signature.entitled) {
+    return { ...base, reason: 'VzHelperNotEntitled', message: `${helper.path} lacks the com.apple.security.virtualization entitlement: run scripts/build-vz-helper.sh` };
+  }
+  return { usable: true, driver: 'vz', accelerator: 'hvf', guestOSes: ['macos', 'linux'], reason: 'VzReady', message: `Virtualization.framework through ${helper.path}` };
 }
 
 async function probeQemu(platform: string, arch: string, searchPath: string[]): Promise<HypervisorProbe> {
