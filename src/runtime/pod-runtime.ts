@@ -113,6 +113,8 @@ interface PreparedVolume {
   share: ShareSpec;
   mountPath: string;
   readOnly: boolean;
+  /** volumeMounts[].subPath (or subPathExpr expanded): only this path of the volume, bind-mounted by the agent. */
+  subPath?: string;
 }
 
 /** What pod.json in a VM directory records: enough to adopt the VM after a restart. */
@@ -214,7 +216,7 @@ export class PodRuntime implements KubeletProvider {
       const env = await resolveEnv(pod, container, o.lookups, facts);
       rec.env = env;
       // Init containers run in the same VM: their mounts are the VM's too.
-      const volumes = await this.prepareVolumes(pod, [...(pod.spec!.initContainers ?? []), container], facts);
+      const volumes = await this.prepareVolumes(pod, [...(pod.spec!.initContainers ?? []), container], facts, env);
       took.prepared = Date.now() - t0;
       image = await this.pull(rec, container);
       took.pulled = Date.now() - t0;
@@ -246,7 +248,7 @@ export class PodRuntime implements KubeletProvider {
       o.event(pod, 'Normal', 'Created', `Created VM ${uid} (${instance.vm.spec.cpus} vCPU, ${instance.vm.spec.memoryMiB} MiB) from ${container.image}`);
       this.watch(rec, instance);
       for (const v of volumes) {
-        await instance.agent.mount({ tag: v.share.tag, mountPath: v.mountPath, readOnly: v.readOnly }).catch((err: Error) => {
+        await instance.agent.mount({ tag: v.share.tag, mountPath: v.mountPath, readOnly: v.readOnly, ...(v.subPath ? { subPath: v.subPath } : {}) }).catch((err: Error) => {
           throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${v.volume}" at ${v.mountPath}: ${err.message}`);
         });
       }
@@ -376,7 +378,7 @@ export class PodRuntime implements KubeletProvider {
    * downwardAPI and projected volumes (read-only in the guest), a fresh directory for emptyDir, the host's
    * own directory for hostPath (validate.ts allowed only configured prefixes).
    */
-  private async prepareVolumes(pod: V1Pod, containers: V1Container[], facts: EnvFacts): Promise<PreparedVolume[]> {
+  private async prepareVolumes(pod: V1Pod, containers: V1Container[], facts: EnvFacts, env: Record<string, string>): Promise<PreparedVolume[]> {
     const root = path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes');
     const shares = new Map<string, ShareSpec>();
     const out: PreparedVolume[] = [];
@@ -408,7 +410,8 @@ export class PodRuntime implements KubeletProvider {
         share = { tag: `vol-${shares.size}`, hostPath, readOnly: files };
         shares.set(m.name, share);
       }
-      out.push({ volume: m.name, share, mountPath: m.mountPath, readOnly: Boolean(m.readOnly) || share.readOnly });
+      const subPath = m.subPath || (m.subPathExpr ? expandSubPath(m.subPathExpr, env) : undefined);
+      out.push({ volume: m.name, share, mountPath: m.mountPath, readOnly: Boolean(m.readOnly) || share.readOnly, ...(subPath ? { subPath } : {}) });
     }
     return out;
   }
@@ -1047,6 +1050,18 @@ function completedInit(ic: V1Container, pod: V1Pod, uid: string, imageDigest: st
 /** The VM container or one of the init containers (which run in the same VM), by name. */
 function specContainer(pod: V1Pod, name: string): V1Container | undefined {
   return [...(pod.spec?.containers.slice(0, 1) ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === name);
+}
+
+/**
+ * subPathExpr: `$(VAR)` from the container's env, as the kubelet expands it (an unknown variable is
+ * empty); the result must stay inside the volume.
+ */
+function expandSubPath(expr: string, env: Record<string, string>): string {
+  const out = expr.replace(/\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)/g, (_, name: string) => env[name] ?? '');
+  if (out.startsWith('/') || out.split('/').includes('..')) {
+    throw new PodSpecError('CreateContainerConfigError', `subPathExpr "${expr}" expands to "${out}", which leaves the volume`);
+  }
+  return out;
 }
 
 /** Each volume once, however many mounts it has. */

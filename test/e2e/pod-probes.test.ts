@@ -9,6 +9,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { V1Pod } from '@kubernetes/client-node';
+import { runCommand } from '../harness/exec.ts';
 import { waitFor } from '../harness/processes.ts';
 import { isReady, VmPods } from '../harness/vm-pods.ts';
 
@@ -108,16 +109,29 @@ test('a ConfigMap change reaches the guest while the pod runs; a projected servi
   await env.kubectl('create', 'configmap', 'settings', '--from-literal=greeting=hello');
   await env.kubectl('create', 'service', 'clusterip', 'my-db', '--tcp=5432:5432');
   await env.apply(env.manifest('configured', {
-    volumeMounts: [{ name: 'settings', mountPath: '/etc/settings' }, { name: 'token', mountPath: '/var/run/secrets/tokens' }],
+    env: [{ name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }],
+    volumeMounts: [
+      { name: 'settings', mountPath: '/etc/settings' }, { name: 'token', mountPath: '/var/run/secrets/tokens' },
+      // subPath: one key of the ConfigMap as a file; subPathExpr: a directory of an emptyDir named after the pod.
+      { name: 'settings', mountPath: '/etc/app/greeting.txt', subPath: 'greeting' },
+      { name: 'scratch', mountPath: '/work', subPathExpr: '$(POD_NAME)' },
+    ],
   }, {
     automountServiceAccountToken: false,
     volumes: [
       { name: 'settings', configMap: { name: 'settings' } },
+      { name: 'scratch', emptyDir: {} },
       { name: 'token', projected: { sources: [{ serviceAccountToken: { path: 'vmlet-token', audience: 'vmlet-test', expirationSeconds: 3600 } }] } },
     ],
   }));
   const pod = await env.waitReady('configured');
   assert.equal(await env.kubectl('exec', 'configured', '--', 'cat', '/etc/settings/greeting'), 'hello');
+  assert.equal(await env.kubectl('exec', 'configured', '--', 'cat', '/etc/app/greeting.txt'), 'hello', 'the subPath file');
+  assert.notEqual((await env.cluster.kubectl(['exec', 'configured', '--', 'sh', '-c', 'echo x > /etc/app/greeting.txt'])).code, 0, 'read-only, as config volumes are');
+  await env.kubectl('exec', 'configured', '--', 'sh', '-c', 'echo from-the-vm > /work/out');
+  const hostFile = (await runCommand('find', [env.vmlet.dir, '-path', `*/${pod.metadata!.uid}/volumes/scratch/configured/out`])).stdout.trim();
+  assert.ok(hostFile, 'the subPathExpr directory is <emptyDir>/<pod name> on the host');
+  assert.equal(await readFile(hostFile, 'utf8'), 'from-the-vm\n');
   // Service links: the namespace's Services and the API server's own, as on any node.
   const ip = (svc: string) => env.kubectl('get', 'service', svc, '-o', 'jsonpath={.spec.clusterIP}');
   assert.equal(await env.kubectl('exec', 'configured', '--', 'sh', '-c', 'echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $MY_DB_SERVICE_HOST $MY_DB_PORT'),

@@ -147,11 +147,6 @@ const cases: Case[] = [
     message: /spec\.volumes\[0\] \(conf\)\.hostPath\.type: "File" is not supported: a VM gets host directories \(shared over virtiofs\), not single files/,
   },
   {
-    name: 'subpath', ...failed, reason: /^UnsupportedPodSpec$/,
-    pod: (n) => manifest(n, { volumes: [{ name: 'config', configMap: { name: 'app-config' } }] }, { volumeMounts: [{ name: 'config', mountPath: '/etc/app/settings.yaml', subPath: 'settings.yaml' }] }),
-    message: new RegExp(`${at}\\.volumeMounts\\[0\\]\\.subPath: "settings\\.yaml" is not supported in VM pods yet .*; mount the whole volume \\(drop subPath\\)`),
-  },
-  {
     name: 'ephemeral-storage-1-byte', ...failed, reason: /^InvalidVmSize$/,
     pod: (n) => manifest(n, {}, { resources: { limits: { 'ephemeral-storage': '1' } } }),
     message: new RegExp(`${at}\\.resources\\.limits\\.ephemeral-storage: 1 is less than a VM writes to its disk while it boots; give at least 64Mi \\(e\\.g\\. 1Gi\\) or remove the limit`),

@@ -25,6 +25,8 @@ export const CAPABILITIES = [
   'exec', 'tty', 'main', 'logs', 'mount.virtiofs', 'stats', 'hostname', 'shutdown',
   // Since the kubelet API: port-forward, attach (main processes with stdin), logs --previous/--limit-bytes/stream.
   'port-connect', 'attach', 'main.stdin', 'logs.previous', 'logs.limit-bytes', 'logs.stream',
+  // Since init containers and subPath mounts.
+  'mount.subpath',
 ];
 
 export interface AgentOptions {

@@ -2,7 +2,8 @@
 // /proc/meminfo, statfs), hostname, and virtiofs mounts.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, stat, statfs, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { arch, hostname, networkInterfaces, release } from 'node:os';
 import { AgentError } from '../protocol/errors.ts';
 import type { AgentInfo, AgentStats, MountRequest } from '../protocol/messages.ts';
@@ -102,6 +103,7 @@ export async function mount(req: Omit<MountRequest, 'op'>): Promise<void> {
       throw new AgentError('NotSupported', `the guest kernel has no ${fsType} file system (not in /proc/filesystems, and modprobe ${fsType} did not add it)`);
     }
   }
+  if (req.subPath !== undefined) return mountSubPath(req, fsType);
   const mounts = await readFile('/proc/mounts', 'utf8').catch(() => '');
   const existing = mounts.split('\n').map((l) => l.split(' ')).find((f) => f[1] === req.mountPath);
   if (existing) {
@@ -114,6 +116,54 @@ export async function mount(req: Omit<MountRequest, 'op'>): Promise<void> {
   await run('mount', ['-t', fsType, ...(req.readOnly ? ['-o', 'ro'] : []), req.tag, req.mountPath]).catch((err: Error) => {
     throw new AgentError('MountFailed', `mount ${fsType} ${req.tag} at ${req.mountPath}: ${err.message}`);
   });
+}
+
+/** Where a share is mounted whole when only a path inside it is mounted at a mountPath. */
+const SUBPATH_BASE = '/run/vmlet/volumes';
+
+/**
+ * volumeMounts[].subPath: the share mounted once at /run/vmlet/volumes/<tag>, then the path inside it
+ * bind-mounted at mountPath (a directory made if missing, as the kubelet does; a file bound onto a file).
+ * A path that leaves the share, through `..` or a symlink, is refused.
+ */
+async function mountSubPath(req: Omit<MountRequest, 'op'>, fsType: string): Promise<void> {
+  const sub = req.subPath!;
+  if (typeof sub !== 'string' || sub === '' || sub.startsWith('/') || sub.split('/').includes('..')) {
+    throw new AgentError('InvalidArgument', `subPath must be a relative path without ".." (got "${sub}")`);
+  }
+  const base = `${SUBPATH_BASE}/${req.tag}`;
+  const mounts = await readFile('/proc/mounts', 'utf8').catch(() => '');
+  const lines = mounts.split('\n').map((l) => l.split(' '));
+  if (!lines.some((f) => f[1] === base)) await mount({ tag: req.tag, mountPath: base, fsType: 'virtiofs' });
+  if (lines.some((f) => f[1] === req.mountPath)) return;
+  const source = `${base}/${sub}`;
+  let real: string;
+  let isDir: boolean;
+  try {
+    real = await realpath(source);
+    isDir = (await stat(real)).isDirectory();
+  } catch {
+    await mkdir(source, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+      throw new AgentError('MountFailed', `subPath ${sub} does not exist in the volume and cannot be made: ${err.code ?? err.message}`);
+    });
+    real = await realpath(source);
+    isDir = true;
+  }
+  if (real !== base && !real.startsWith(`${base}/`)) throw new AgentError('MountFailed', `subPath ${sub} leaves the volume (it resolves to ${real})`);
+  if (isDir) {
+    await mkdir(req.mountPath, { recursive: true });
+  } else {
+    await mkdir(dirname(req.mountPath), { recursive: true });
+    if (!(await stat(req.mountPath).catch(() => undefined))) await writeFile(req.mountPath, '');
+  }
+  await run('mount', ['-o', 'bind', real, req.mountPath]).catch((err: Error) => {
+    throw new AgentError('MountFailed', `bind ${sub} of ${fsType} ${req.tag} at ${req.mountPath}: ${err.message}`);
+  });
+  if (req.readOnly) {
+    await run('mount', ['-o', 'remount,bind,ro', req.mountPath]).catch((err: Error) => {
+      throw new AgentError('MountFailed', `making ${req.mountPath} read-only: ${err.message}`);
+    });
+  }
 }
 
 async function hasFilesystem(type: string): Promise<boolean> {

@@ -383,7 +383,8 @@ export class AgentClient extends EventEmitter {
     return out;
   }
 
-  mount(opts: { tag: string; mountPath: string; readOnly?: boolean; fsType?: 'virtiofs' }): Promise<void> {
+  mount(opts: { tag: string; mountPath: string; readOnly?: boolean; fsType?: 'virtiofs'; subPath?: string }): Promise<void> {
+    if (opts.subPath !== undefined) this.need('mount.subpath', 'mount a subPath of a volume');
     return this.request('mount', opts).then(() => undefined);
   }
 

@@ -193,6 +193,12 @@ export interface MountRequest {
   tag: string;
   mountPath: string;
   readOnly?: boolean;
+  /**
+   * Mount only this path inside the share (a directory, made if missing, or a file), as Kubernetes'
+   * volumeMounts[].subPath: the share is mounted once under /run/vmlet/volumes/<tag> and the path
+   * bind-mounted at mountPath. Capability `mount.subpath`.
+   */
+  subPath?: string;
 }
 
 export interface AgentInfo {

@@ -202,10 +202,6 @@ function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volum
     }
     if (m.subPath && (m.subPath.startsWith('/') || m.subPath.split('/').includes('..'))) {
       add('InvalidPodSpec', `${mat}.subPath: "${m.subPath}" must be a relative path inside the volume, without ".."`);
-    } else if (m.subPath || m.subPathExpr) {
-      // API server allows.
-      const field = m.subPath ? 'subPath' : 'subPathExpr';
-      add('UnsupportedPodSpec', `${mat}.${field}: "${m.subPath || m.subPathExpr}" is not supported in VM pods yet (a volume is shared with the VM as a whole directory); mount the whole volume (drop ${field}) and use the path below ${m.mountPath ?? 'the mountPath'} in the guest`);
     }
   });
 
