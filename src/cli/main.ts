@@ -6,6 +6,8 @@ import { Daemon, StartupError } from '../daemon.ts';
 import { KubeconfigError } from '../kube/errors.ts';
 import { createLogger } from '../observability/log.ts';
 import { addAgentCommands } from './agent.ts';
+import { addDoctorCommand } from './doctor.ts';
+import { addServiceCommands } from './service.ts';
 import { isUserFacing } from './errors.ts';
 import { addImageCommands } from './image.ts';
 import { addLocalCommands } from './local.ts';
@@ -45,6 +47,8 @@ export function buildProgram(): Command {
   addVmCommands(program);
   addAgentCommands(program);
   addLocalCommands(program);
+  addDoctorCommand(program);
+  addServiceCommands(program);
 
   program
     .command('version')
