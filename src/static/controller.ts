@@ -148,7 +148,9 @@ export class StaticPodController {
       }
       if (!w.refused) {
         const backingOff = w.retryAt !== undefined && Date.now() < w.retryAt;
-        if (this.o.runtime.state(uid)?.phase !== 'Running' && !backingOff) {
+        // As the PodController: sync() returns at once for a pod whose VM runs or is starting, and boots the
+        // VM of a Running pod again once the back-off after its death has passed.
+        if (!backingOff) {
           const syncing = this.o.runtime.sync(pod);
           this.report(uid, w);
           await syncing;

@@ -28,6 +28,8 @@ class FakeRuntime {
 
   async sync(p: V1Pod): Promise<void> {
     const uid = p.metadata!.uid!;
+    // As the real runtime: a pod whose VM runs is left alone.
+    if (this.states.get(uid)?.phase === 'Running') return;
     this.calls.push(`sync ${p.metadata!.name}`);
     if (this.failNext > 0) {
       this.failNext--;
