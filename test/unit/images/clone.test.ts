@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { CloneError, cloneDisk } from '../../../src/images/store/clone.ts';
+import { CloneError, cloneDisk, qcow2Overlay } from '../../../src/images/store/clone.ts';
 
 const run = promisify(execFile);
 
@@ -35,4 +35,18 @@ test('a disk clone is a reflink where the filesystem can, else a qcow2 overlay b
     await assert.rejects(cloneDisk(base, path.join(dir, 'vz.disk'), { allowOverlay: false }), (e: Error) => e instanceof CloneError && /cannot clone files/.test(e.message));
   }
   await assert.rejects(cloneDisk(path.join(dir, 'missing.img'), path.join(dir, 'x.disk')), CloneError);
+});
+
+test('the qcow2 overlay vmlet writes is byte for byte the one qemu-img creates', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlet-qcow2-'));
+  for (const size of [1024 * 1024, 3 * 2 ** 30 + 12_345, 10 * 2 ** 30, 4 * 2 ** 40]) {
+    const base = path.join(dir, `base-${size}.img`);
+    await writeFile(base, '');
+    await run('truncate', ['-s', String(size), base]);
+    const theirs = path.join(dir, `qemu-img-${size}.qcow2`);
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, theirs]);
+    assert.ok((await readFile(theirs)).equals(qcow2Overlay(base, size)), `overlay of a ${size}-byte disk`);
+  }
+  const clone = await cloneDisk(path.join(dir, `base-${2 ** 20}.img`), path.join(dir, 'vm.disk'));
+  if (clone.kind === 'qcow2-overlay') await run('qemu-img', ['check', clone.path]);
 });
