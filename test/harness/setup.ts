@@ -1,7 +1,8 @@
-// Installs what the tests run on: Debian's etcd, docker-registry, htpasswd and QEMU (apt), and Kubernetes'
+// Installs what the tests run on: Debian's etcd, docker-registry, htpasswd, QEMU, and podman + runc +
+// busybox-static for sidecar containers (apt), and Kubernetes'
 // kube-apiserver and kubectl built from the pinned module. Idempotent, and instant when all is there.
 // As a script (`npm run setup:test`) it runs ensureTestDependencies() and prints what it did.
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { runChecked } from './exec.ts';
 import { ensureKubernetesBinaries } from './k8s-build.ts';
@@ -17,6 +18,11 @@ export interface TestBinaries {
   htpasswd: string;
   /** QEMU for the host's architecture: what the node's hypervisor probe looks for. */
   qemu: string;
+  /** podman (its Docker-compatible API is the sidecar engine of the tests) and the OCI runtime it runs. */
+  podman: string;
+  runc: string;
+  /** A statically linked busybox: the one binary of the test image for sidecar containers. */
+  busybox: string;
   /** The Kubernetes version kube-apiserver and kubectl were built at, e.g. "v1.36.3". */
   kubernetesVersion: string;
 }
@@ -30,10 +36,14 @@ const DEBIAN = {
     process.arch === 'arm64'
       ? { path: '/usr/bin/qemu-system-aarch64', pkg: 'qemu-system-arm' }
       : { path: '/usr/bin/qemu-system-x86_64', pkg: 'qemu-system-x86' },
+  podman: { path: '/usr/bin/podman', pkg: 'podman' },
+  runc: { path: '/usr/sbin/runc', pkg: 'runc' },
+  // Debian's `busybox` package also ships /bin/busybox, linked dynamically; busybox-static replaces it.
+  busybox: { path: '/bin/busybox', pkg: 'busybox-static', isStatic: true },
 } as const;
 
 export async function ensureTestDependencies(log: (msg: string) => void = () => {}): Promise<TestBinaries> {
-  const missing = Object.values(DEBIAN).filter((b) => !isExecutable(b.path));
+  const missing = Object.values(DEBIAN).filter((b) => !isExecutable(b.path) || ('isStatic' in b && !isStaticElf(b.path)));
   if (missing.length > 0) await aptInstall(missing.map((b) => b.pkg), log);
   else log(`Debian packages present: ${Object.values(DEBIAN).map((b) => b.pkg).join(', ')}`);
   for (const b of Object.values(DEBIAN)) {
@@ -46,6 +56,9 @@ export async function ensureTestDependencies(log: (msg: string) => void = () => 
     registry: DEBIAN.registry.path,
     htpasswd: DEBIAN.htpasswd.path,
     qemu: DEBIAN.qemu.path,
+    podman: DEBIAN.podman.path,
+    runc: DEBIAN.runc.path,
+    busybox: DEBIAN.busybox.path,
   };
 }
 
@@ -65,6 +78,21 @@ async function aptInstall(packages: string[], log: (msg: string) => void): Promi
 function isExecutable(path: string): boolean {
   try {
     accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** An ELF executable without a PT_INTERP program header (no dynamic loader): it runs in an empty rootfs. */
+function isStaticElf(path: string): boolean {
+  try {
+    const elf = readFileSync(path);
+    if (elf.readUInt32BE(0) !== 0x7f454c46 || elf[4] !== 2 || elf[5] !== 1) return false; // 64-bit little-endian only
+    const phoff = Number(elf.readBigUInt64LE(0x20));
+    const phentsize = elf.readUInt16LE(0x36);
+    const phnum = elf.readUInt16LE(0x38);
+    for (let i = 0; i < phnum; i++) if (elf.readUInt32LE(phoff + i * phentsize) === 3) return false; // PT_INTERP
     return true;
   } catch {
     return false;
