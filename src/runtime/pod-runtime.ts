@@ -7,13 +7,13 @@
 // Restart safety: each VM's directory is `<vmDir>/<pod-uid>` with a pod.json beside the driver's
 // vm.json; `adopt()` takes running VMs over after a vmlet restart instead of booting them again.
 import type { V1Container, V1Pod, V1Service } from '@kubernetes/client-node';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { consoleLog } from './pod/console-log.ts';
 import { AgentError, type MainExitEvent } from '../agent/host/client.ts';
-import { VmError, type Hypervisor, type ShareSpec } from '../drivers/hypervisor.ts';
+import { VmError, type Hypervisor } from '../drivers/hypervisor.ts';
 import { pullImage } from '../images/pull.ts';
 import type { RegistryClient } from '../images/registry/client.ts';
 import type { CredentialStore, PullSecret } from '../images/registry/credentials.ts';
@@ -23,18 +23,15 @@ import {
 } from '../kubelet/provider.ts';
 import type { Logger } from '../observability/log.ts';
 import { resolveEnv, type EnvFacts, type EnvLookups } from './pod/env.ts';
-import { volumeContent } from './pod/volumes.ts';
 import { PodSpecError } from './pod/errors.ts';
 import { vmSize, type NodeVmSizing } from './pod/sizing.ts';
 import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
-import { writeVolumeAtomically } from './pod/atomic-writer.ts';
-import { diskUsage } from './pod/disk-usage.ts';
-import { parseQuantity } from '../kube/quantity.ts';
 import { agentProbeTarget } from './probes/agent-target.ts';
 import { HOOK_FAILURE, runHandler, type ProbeTarget } from './probes/handlers.ts';
 import { ContainerProber } from './probes/prober.ts';
 import type { ContainerRuntimeState, PodRuntimeState } from './pod/status.ts';
 import { checkPod, checkRuntimeClass, podWarnings, type RuntimeClassRef } from './pod/validate.ts';
+import { PodVolumes, uniqueShares } from './pod-volumes.ts';
 import { VmInstance } from './vm-instance.ts';
 
 export type EventType = 'Normal' | 'Warning';
@@ -108,15 +105,6 @@ const VOLUME_REFRESH_MS = 15_000;
 /** How long a postStart hook may take before the container is killed for it. */
 const POST_START_TIMEOUT_MS = 120_000;
 
-interface PreparedVolume {
-  volume: string;
-  share: ShareSpec;
-  mountPath: string;
-  readOnly: boolean;
-  /** volumeMounts[].subPath (or subPathExpr expanded): only this path of the volume, bind-mounted by the agent. */
-  subPath?: string;
-}
-
 /** What pod.json in a VM directory records: enough to adopt the VM after a restart. */
 interface PodMeta {
   uid: string;
@@ -137,7 +125,11 @@ export class PodRuntime implements KubeletProvider {
   /** UIDs waiting for a VM slot, first come first served. */
   private readonly queue: string[] = [];
 
-  constructor(private readonly o: PodRuntimeOptions) {}
+  private readonly volumes: PodVolumes;
+
+  constructor(private readonly o: PodRuntimeOptions) {
+    this.volumes = new PodVolumes({ vmDir: o.vmDir, lookups: o.lookups });
+  }
 
   state(uid: string): PodRuntimeState | undefined {
     return this.pods.get(uid)?.state;
@@ -216,7 +208,7 @@ export class PodRuntime implements KubeletProvider {
       const env = await resolveEnv(pod, container, o.lookups, facts);
       rec.env = env;
       // Init containers run in the same VM: their mounts are the VM's too.
-      const volumes = await this.prepareVolumes(pod, [...(pod.spec!.initContainers ?? []), container], facts, env);
+      const volumes = await this.volumes.prepare(pod, [...(pod.spec!.initContainers ?? []), container], facts, env);
       took.prepared = Date.now() - t0;
       image = await this.pull(rec, container);
       took.pulled = Date.now() - t0;
@@ -371,49 +363,6 @@ export class PodRuntime implements KubeletProvider {
     }
     rec.state = { ...rec.state, initialized: true };
     return true;
-  }
-
-  /**
-   * The container's volumes as host directories to share: files written for configMap, secret,
-   * downwardAPI and projected volumes (read-only in the guest), a fresh directory for emptyDir, the host's
-   * own directory for hostPath (validate.ts allowed only configured prefixes).
-   */
-  private async prepareVolumes(pod: V1Pod, containers: V1Container[], facts: EnvFacts, env: Record<string, string>): Promise<PreparedVolume[]> {
-    const root = path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes');
-    const shares = new Map<string, ShareSpec>();
-    const out: PreparedVolume[] = [];
-    for (const m of containers.flatMap((c) => c.volumeMounts ?? [])) {
-      // An init container may mount what the main container mounts, at the same path: once is enough.
-      if (out.some((v) => v.volume === m.name && v.mountPath === m.mountPath)) continue;
-      const volume = (pod.spec?.volumes ?? []).find((v) => v.name === m.name)!;
-      let share = shares.get(m.name);
-      let files = false;
-      if (!share) {
-        const content = await volumeContent(pod, volume, this.o.lookups, facts);
-        let hostPath: string;
-        if (content.kind === 'hostPath') {
-          hostPath = content.path;
-          if (volume.hostPath?.type === 'DirectoryOrCreate') await mkdir(hostPath, { recursive: true, mode: 0o755 }).catch(() => undefined);
-          if (!(await stat(hostPath).catch(() => undefined))?.isDirectory()) {
-            throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${m.name}": hostPath ${hostPath} is not a directory on the node`);
-          }
-        } else {
-          hostPath = path.join(root, m.name);
-          await mkdir(hostPath, { recursive: true });
-          if (content.kind === 'files') {
-            files = true;
-            await writeVolumeAtomically(hostPath, content.files).catch((err: Error) => {
-              throw new PodSpecError('FailedMount', `MountVolume.SetUp failed for volume "${m.name}": ${err.message}`);
-            });
-          }
-        }
-        share = { tag: `vol-${shares.size}`, hostPath, readOnly: files };
-        shares.set(m.name, share);
-      }
-      const subPath = m.subPath || (m.subPathExpr ? expandSubPath(m.subPathExpr, env) : undefined);
-      out.push({ volume: m.name, share, mountPath: m.mountPath, readOnly: Boolean(m.readOnly) || share.readOnly, ...(subPath ? { subPath } : {}) });
-    }
-    return out;
   }
 
   private async pull(rec: PodRecord, container: V1Container): Promise<StoredImage> {
@@ -588,8 +537,8 @@ export class PodRuntime implements KubeletProvider {
   /**
    * ConfigMap, Secret, downwardAPI and projected volumes of a running pod are written again when what they
    * hold changed (a new ConfigMap, a token near its expiry), at most every VOLUME_REFRESH_MS; the guest sees
-   * the new version at once through virtiofs (one rename of `..data`). A source that went missing keeps the
-   * old content, as on any node, with a FailedMount Event.
+   * the new version at once through virtiofs (one rename of `..data`). emptyDir sizeLimit is checked at the
+   * same pace, as the kubelet's eviction manager does: over it, the pod is evicted and its VM stopped.
    */
   private refreshVolumes(rec: PodRecord, instance: VmInstance): void {
     const now = Date.now();
@@ -597,53 +546,32 @@ export class PodRuntime implements KubeletProvider {
     rec.volumesAt = now;
     const pod = rec.pod;
     const facts: EnvFacts = { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP };
-    const mounted = new Set([...(pod.spec!.initContainers ?? []), pod.spec!.containers[0]!].flatMap((c) => (c.volumeMounts ?? []).map((m) => m.name)));
+    const still = () => rec.instance === instance;
     rec.refreshing = (async () => {
-      for (const volume of pod.spec!.volumes ?? []) {
-        if (!mounted.has(volume.name) || !(volume.configMap || volume.secret || volume.downwardAPI || volume.projected)) continue;
-        if (rec.instance !== instance) return;
-        try {
-          const content = await volumeContent(pod, volume, this.o.lookups, facts);
-          if (content.kind !== 'files' || rec.instance !== instance) continue;
-          if (await writeVolumeAtomically(path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes', volume.name), content.files)) {
-            this.o.log.info({ uid: pod.metadata!.uid, volume: volume.name }, 'volume updated in the VM');
-          }
-        } catch (err) {
-          this.o.event(pod, 'Warning', 'FailedMount', `${(err as Error).message} (the volume keeps its previous content)`);
-        }
-      }
-      await this.checkEmptyDirLimits(rec, instance, mounted);
+      const written = await this.volumes.refresh(pod, facts, still, (message) => this.o.event(pod, 'Warning', 'FailedMount', message));
+      if (written.length) this.o.log.info({ uid: pod.metadata!.uid, volumes: written }, 'volumes updated in the VM');
+      const evicted = still() ? await this.volumes.overLimit(pod) : undefined;
+      if (evicted && still()) await this.evict(rec, evicted);
     })().finally(() => {
       rec.refreshing = undefined;
     });
   }
 
-  /**
-   * emptyDir sizeLimit, as the kubelet's eviction manager enforces it: a volume that holds more than its
-   * limit gets the pod evicted (Failed, reason Evicted, in the kubelet's words) and its VM stopped.
-   */
-  private async checkEmptyDirLimits(rec: PodRecord, instance: VmInstance, mounted: Set<string>): Promise<void> {
+  /** The pod is evicted (Failed, reason Evicted, in the kubelet's words) and its VM stopped. */
+  private async evict(rec: PodRecord, message: string): Promise<void> {
     const pod = rec.pod;
-    for (const volume of pod.spec!.volumes ?? []) {
-      const limit = volume.emptyDir?.sizeLimit;
-      if (!limit || !mounted.has(volume.name) || rec.instance !== instance) continue;
-      const used = await diskUsage(path.join(this.o.vmDir, pod.metadata!.uid!, 'volumes', volume.name));
-      if (used <= parseQuantity(String(limit))) continue;
-      const message = `Usage of EmptyDir volume "${volume.name}" exceeds the limit "${String(limit)}". `;
-      const running = rec.state.container.state;
-      rec.state = {
-        ...rec.state, phase: 'Failed', waiting: { reason: 'Evicted', message },
-        container: {
-          ...rec.state.container, ready: false,
-          ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: 'killed: the pod was evicted', startedAt: running.startedAt, finishedAt: new Date() } } : {}),
-        },
-      };
-      this.finish(rec);
-      this.o.event(pod, 'Warning', 'Evicted', message);
-      this.o.changed(pod.metadata!.uid!);
-      await this.release(rec, Math.max(pod.spec?.terminationGracePeriodSeconds ?? 30, 1) * 1000);
-      return;
-    }
+    const running = rec.state.container.state;
+    rec.state = {
+      ...rec.state, phase: 'Failed', waiting: { reason: 'Evicted', message },
+      container: {
+        ...rec.state.container, ready: false,
+        ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: 'killed: the pod was evicted', startedAt: running.startedAt, finishedAt: new Date() } } : {}),
+      },
+    };
+    this.finish(rec);
+    this.o.event(pod, 'Warning', 'Evicted', message);
+    this.o.changed(pod.metadata!.uid!);
+    await this.release(rec, Math.max(pod.spec?.terminationGracePeriodSeconds ?? 30, 1) * 1000);
   }
 
   /** What probes and hooks of the VM container run against: its VM, through the agent. */
@@ -1052,26 +980,9 @@ function specContainer(pod: V1Pod, name: string): V1Container | undefined {
   return [...(pod.spec?.containers.slice(0, 1) ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === name);
 }
 
-/**
- * subPathExpr: `$(VAR)` from the container's env, as the kubelet expands it (an unknown variable is
- * empty); the result must stay inside the volume.
- */
-function expandSubPath(expr: string, env: Record<string, string>): string {
-  const out = expr.replace(/\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)/g, (_, name: string) => env[name] ?? '');
-  if (out.startsWith('/') || out.split('/').includes('..')) {
-    throw new PodSpecError('CreateContainerConfigError', `subPathExpr "${expr}" expands to "${out}", which leaves the volume`);
-  }
-  return out;
-}
-
-/** Each volume once, however many mounts it has. */
 /** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return delay(ms, undefined, { signal }).catch(() => undefined);
-}
-
-function uniqueShares(volumes: PreparedVolume[]): ShareSpec[] {
-  return [...new Set(volumes.map((v) => v.share))];
 }
 
 /** "name_namespace(uid)": how the kubelet names a pod in its messages. */
