@@ -3,7 +3,8 @@
 // key. Agoda's vz-kubelet checks no host key at all. Fingerprints are OpenSSH's: "SHA256:" + unpadded
 // base64 of the SHA-256 of the key blob, so they can be compared with `ssh-keygen -lf`.
 import { createHash } from 'node:crypto';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { rename, writeFile } from 'node:fs/promises';
+import { readFileIfExists } from '../../host/files.ts';
 
 export interface PinnedHostKey {
   fingerprint: string;
@@ -32,13 +33,8 @@ export function keyType(keyBlob: Buffer): string {
 
 /** What the pin file holds, or undefined if there is none yet. A file that is not a pin is an error. */
 export async function readPin(file: string): Promise<PinnedHostKey | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
+  const text = await readFileIfExists(file);
+  if (text === undefined) return undefined;
   const pin = JSON.parse(text) as Partial<PinnedHostKey>;
   if (typeof pin.fingerprint !== 'string' || !pin.fingerprint.startsWith('SHA256:')) {
     throw new Error(`${file} holds no pinned SSH host key fingerprint`);
