@@ -169,6 +169,7 @@ export class Daemon {
         }
       },
       restartBackoff: { initialMs: config.crashLoopBackOffInitial, maxMs: config.crashLoopBackOffMax },
+      ...(config.sidecarEngine ? { sidecarEngine: config.sidecarEngine } : {}),
       ...(services ? { services: () => services.list() } : {}),
       ...(api ? {
         runtimeClass: async (name: string) => {

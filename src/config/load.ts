@@ -44,6 +44,7 @@ export const SETTINGS: Setting[] = [
   { path: 'crashLoopBackOffInitial', flag: 'crash-loop-back-off-initial', env: 'VMLET_CRASH_LOOP_BACK_OFF_INITIAL', kind: 'string', help: 'wait before the second restart of a crashing container or VM, doubled each time after (default 10s)' },
   { path: 'crashLoopBackOffMax', flag: 'crash-loop-back-off-max', env: 'VMLET_CRASH_LOOP_BACK_OFF_MAX', kind: 'string', help: 'the longest crash-loop back-off (the kubelet\'s crashLoopBackOff.maxContainerRestartPeriod; default 5m)' },
   { path: 'hostPathPrefixes', flag: 'host-path-prefix', env: 'VMLET_HOST_PATH_PREFIXES', kind: 'list', help: 'host directory that hostPath volumes may name, itself or below (repeatable, or comma-separated; default none: hostPath refused)' },
+  { path: 'sidecarEngine', flag: 'sidecar-engine', env: 'VMLET_SIDECAR_ENGINE', kind: 'string', help: 'Docker-API engine for the sidecar containers of hybrid pods: socket path, unix:///path or tcp://host:port (default: DOCKER_HOST, else a well-known socket)' },
   { path: 'node.ip', flag: 'node-ip', env: 'VMLET_NODE_IP', kind: 'string', help: "the Node's InternalIP (default: first non-loopback IPv4)" },
   { path: 'node.vmSlots', flag: 'vm-slots', env: 'VMLET_VM_SLOTS', kind: 'int', help: 'VMs that may run at once (default 2)' },
   { path: 'node.maxPods', flag: 'max-pods', env: 'VMLET_MAX_PODS', kind: 'int', help: "the Node's pods capacity (default 110)" },

@@ -127,6 +127,12 @@ export const configSchema = z
       .array(z.string().refine((p) => path.isAbsolute(p), { error: 'must be an absolute path, e.g. /srv/vmlet-shared' }))
       .default([])
       .transform((list) => list.map((p) => path.normalize(p).replace(/(.)\/$/, '$1'))),
+    /**
+     * The Docker-API engine (Docker, podman, Docker Desktop, Colima, OrbStack) that runs the sidecar
+     * containers of hybrid pods: a socket path, unix:///path or tcp://host:port. Default: DOCKER_HOST,
+     * else the first well-known socket that exists. Only pods with sidecars connect to it.
+     */
+    sidecarEngine: z.string().optional(),
     node: z
       .object({
         /** InternalIP published in the Node's addresses; default: the first non-loopback IPv4 of the host. */

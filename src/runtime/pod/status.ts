@@ -3,6 +3,7 @@
 // The result is the JSON on the wire (times are RFC 3339 strings to the second, like metav1.Time), which is
 // why it is typed PodStatusJson and not client-node's V1PodStatus (whose times are Date objects).
 import type { V1Container, V1Pod, V1PodCondition, V1PodStatus } from '@kubernetes/client-node';
+import { vmContainerIndex } from './validate.ts';
 
 export interface PodRuntimeState {
   phase: 'Pending' | 'Running' | 'Succeeded' | 'Failed';
@@ -19,6 +20,8 @@ export interface PodRuntimeState {
   container: ContainerRuntimeState;
   /** The init containers that have started so far, in spec order (they run in the VM before the main process). */
   initContainers?: ContainerRuntimeState[];
+  /** Hybrid pods: the sidecar containers (every container but the VM container) on the container engine. */
+  sidecars?: ContainerRuntimeState[];
 }
 
 /** One container as the runtime sees it: the VM container, or an init container run in the VM. */
@@ -60,14 +63,15 @@ export function podStatus(pod: V1Pod, state: PodRuntimeState, now: Date): PodSta
   const completed = state.phase === 'Succeeded';
   const initContainers = pod.spec?.initContainers ?? [];
   const initialized = initContainers.length === 0 || (state.initialized ?? (c.started || c.state.kind !== 'waiting'));
+  const all = allContainers(pod, state);
 
   const verdicts: Array<Omit<ConditionJson, 'lastTransitionTime'>> = [
     { type: 'PodReadyToStartContainers', status: state.vmReady ? 'True' : 'False' },
     initialized
       ? { type: 'Initialized', status: 'True' }
       : { type: 'Initialized', status: 'False', reason: 'ContainersNotInitialized', message: `containers with incomplete status: [${incomplete(initContainers, state.initContainers ?? []).join(' ')}]` },
-    readiness('ContainersReady', c, completed),
-    readyCondition(pod, c, completed),
+    readiness('ContainersReady', all, completed),
+    readyCondition(pod, all, completed),
     { type: 'PodScheduled', status: 'True' },
   ];
   const before = new Map((current?.conditions ?? []).map((k) => [k.type, k]));
@@ -89,7 +93,7 @@ export function podStatus(pod: V1Pod, state: PodRuntimeState, now: Date): PodSta
     ...(startTime ? { startTime } : {}),
     ...(current?.qosClass ? { qosClass: current.qosClass } : {}),
     ...(initContainers.length ? { initContainerStatuses: initStatuses(initContainers, state.initContainers ?? []) } : {}),
-    containerStatuses: [containerStatus(c, finished)],
+    containerStatuses: all.map((x) => containerStatus(x, finished)),
   };
   return status;
 }
@@ -136,15 +140,31 @@ function initStatuses(spec: V1Container[], states: ContainerRuntimeState[]): Con
   });
 }
 
-function readiness(type: string, c: ContainerRuntimeState, completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
+/**
+ * Every container of spec.containers, in spec order: the VM container's state and the sidecars'; a sidecar
+ * not created yet waits in ContainerCreating. A pod without sidecars has the VM container alone.
+ */
+function allContainers(pod: V1Pod, state: PodRuntimeState): ContainerRuntimeState[] {
+  const spec = pod.spec?.containers ?? [];
+  if (spec.length <= 1 && !state.sidecars?.length) return [state.container];
+  const vm = vmContainerIndex(pod);
+  return spec.map((sc, i) => {
+    if (i === vm) return state.container;
+    return state.sidecars?.find((x) => x.name === sc.name)
+      ?? { name: sc.name, image: sc.image ?? '', state: { kind: 'waiting', reason: 'ContainerCreating' }, ready: false, started: false, restartCount: 0 };
+  });
+}
+
+function readiness(type: string, all: ContainerRuntimeState[], completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
   if (completed) return { type, status: 'False', reason: 'PodCompleted' };
-  if (c.ready) return { type, status: 'True' };
-  return { type, status: 'False', reason: 'ContainersNotReady', message: `containers with unready status: [${c.name}]` };
+  const unready = all.filter((c) => !c.ready).map((c) => c.name);
+  if (unready.length === 0) return { type, status: 'True' };
+  return { type, status: 'False', reason: 'ContainersNotReady', message: `containers with unready status: [${unready.join(' ')}]` };
 }
 
 /** Ready is ContainersReady plus every readiness gate's condition being True (set by someone else). */
-function readyCondition(pod: V1Pod, c: ContainerRuntimeState, completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
-  const base = readiness('Ready', c, completed);
+function readyCondition(pod: V1Pod, all: ContainerRuntimeState[], completed: boolean): Omit<ConditionJson, 'lastTransitionTime'> {
+  const base = readiness('Ready', all, completed);
   if (base.status !== 'True') return base;
   const conditions = pod.status?.conditions ?? [];
   const unready: string[] = [];

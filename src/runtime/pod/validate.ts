@@ -39,6 +39,30 @@ export const MIN_EPHEMERAL_STORAGE = 64 * 1024 * 1024;
 /** The container resources env and downwardAPI may refer to in a VM pod (the VM's disk is its image's). */
 const REFERABLE_RESOURCES = ['limits.cpu', 'limits.memory', 'requests.cpu', 'requests.memory'];
 
+/**
+ * Names the container of a hybrid pod that runs as the VM (default: the first); every other container of
+ * spec.containers is a sidecar on the node's container engine.
+ */
+export const VM_CONTAINER_ANNOTATION = 'vmlet.dev/vm-container';
+
+/** Index in spec.containers of the VM container: the one the annotation names, else 0. */
+export function vmContainerIndex(pod: V1Pod): number {
+  const named = pod.metadata?.annotations?.[VM_CONTAINER_ANNOTATION];
+  const i = named === undefined ? -1 : (pod.spec?.containers ?? []).findIndex((c) => c.name === named);
+  return i >= 0 ? i : 0;
+}
+
+/** The VM container (spec.containers[vmContainerIndex]). */
+export function vmContainer(pod: V1Pod): V1Container {
+  return pod.spec!.containers[vmContainerIndex(pod)]!;
+}
+
+/** The pod's sidecar containers (every container but the VM container), in spec order. */
+export function sidecarContainers(pod: V1Pod): V1Container[] {
+  const vm = vmContainerIndex(pod);
+  return (pod.spec?.containers ?? []).filter((_, i) => i !== vm);
+}
+
 /** Throws a PodSpecError naming every field vmlet cannot run; returns when the pod can become a VM. */
 export function checkPod(pod: V1Pod, opts: CheckOptions): void {
   const problems: Problem[] = [];
@@ -49,10 +73,12 @@ export function checkPod(pod: V1Pod, opts: CheckOptions): void {
   const containers = spec.containers ?? [];
   // API server rejects; a static pod may not.
   if (containers.length === 0) add('InvalidPodSpec', 'spec.containers: a pod needs one container, the VM container; none is given');
-  // API server allows: until the hybrid-pods issue, the VM is the pod's only container.
-  containers.slice(1).forEach((c, i) => {
-    add('UnsupportedPodSpec', `${where('containers', i + 1, c)}: only one container per pod is supported until hybrid pods land; the first container ("${containers[0]?.name}") is the VM — move "${c.name}" into the VM image or into another pod`);
-  });
+  // API server allows any annotation value.
+  const named = pod.metadata?.annotations?.[VM_CONTAINER_ANNOTATION];
+  if (named !== undefined && !containers.some((c) => c.name === named)) {
+    add('InvalidPodSpec', `metadata.annotations["${VM_CONTAINER_ANNOTATION}"]: no container named "${named}" in spec.containers (there are: ${containers.map((c) => c.name).join(', ') || 'none'}); name the container that runs as the VM`);
+  }
+  const vmIndex = vmContainerIndex(pod);
 
   // API server allows all three (Pod Security may refuse them).
   for (const field of ['hostNetwork', 'hostPID', 'hostIPC'] as const) {
@@ -80,11 +106,11 @@ export function checkPod(pod: V1Pod, opts: CheckOptions): void {
     checkVolume(v, at, opts, add);
   });
 
-  containers.forEach((c, i) => checkContainer(c, where('containers', i, c), volumes, add));
+  containers.forEach((c, i) => checkContainer(c, where('containers', i, c), volumes, add, i === vmIndex ? 'vm' : 'sidecar'));
   (spec.initContainers ?? []).forEach((c, i) => {
     const at = where('initContainers', i, c);
     const before = problems.length;
-    checkContainer(c, at, volumes, add);
+    checkContainer(c, at, volumes, add, 'vm');
     // API server allows (SidecarContainers, on by default since 1.29).
     if (c.restartPolicy === 'Always') {
       add('UnsupportedPodSpec', `${at}: restartPolicy Always makes "${c.name}" a sidecar container, which VM pods do not support yet; drop restartPolicy to run it to completion before the main process`);
@@ -92,7 +118,7 @@ export function checkPod(pod: V1Pod, opts: CheckOptions): void {
     }
     if (problems.length > before) return;
     // Init containers run as processes in the pod's VM, before its main process: same image, a command.
-    const vmImage = containers[0]?.image;
+    const vmImage = containers[vmIndex]?.image;
     if (c.image !== vmImage) {
       add('UnsupportedPodSpec', `${at}.image: "${c.image}" is not the VM's image "${vmImage}"; init containers of a VM pod run inside its VM, so they use the VM container's image (container-image init containers need a container engine, which VM pods do not support yet)`);
     }
@@ -164,7 +190,7 @@ function under(p: string, prefix: string): boolean {
   return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
-function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volume>, add: Add): void {
+function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volume>, add: Add, kind: 'vm' | 'sidecar'): void {
   // API server rejects an empty image on a pod (not on a pod template); a static pod may have none.
   if (!c.image?.trim()) add('InvalidPodSpec', `${at}.image: no image is given; name the VM image, e.g. ghcr.io/cirruslabs/ubuntu:latest`);
   else if (c.image !== c.image.trim()) add('InvalidPodSpec', `${at}.image: "${c.image}" has leading or trailing spaces`);
@@ -180,10 +206,15 @@ function checkContainer(c: V1Container, at: string, volumes: Map<string, V1Volum
 
   // API server allows.
   (c.ports ?? []).forEach((p, i) => {
-    if (p.hostPort) add('UnsupportedPodSpec', `${at}.ports[${i}].hostPort: ${p.hostPort} is not supported: the VM's ports are not published on the host; remove hostPort and reach the pod through its IP or a Service`);
+    if (p.hostPort && kind === 'vm') add('UnsupportedPodSpec', `${at}.ports[${i}].hostPort: ${p.hostPort} is not supported: the VM's ports are not published on the host; remove hostPort and reach the pod through its IP or a Service`);
+    // A sidecar's ports are published on the pod IP (the host's) with their own numbers anyway.
+    if (p.hostPort && kind === 'sidecar') add('UnsupportedPodSpec', `${at}.ports[${i}].hostPort: ${p.hostPort} is not supported for sidecar containers: their containerPorts are published on the pod IP (the node's) with the same number; remove hostPort`);
   });
-  if (c.securityContext?.privileged) {
+  if (c.securityContext?.privileged && kind === 'vm') {
     add('UnsupportedPodSpec', `${at}.securityContext.privileged: true is not supported: the VM has its own kernel and no access to the host's devices; remove privileged (root in the guest needs no privilege on the host)`);
+  }
+  if (c.securityContext?.privileged && kind === 'sidecar') {
+    add('UnsupportedPodSpec', `${at}.securityContext.privileged: true is not supported: "${c.name}" is a sidecar container on the node's container engine, where privileged would give it the host; remove privileged, or make it the VM container (annotation ${VM_CONTAINER_ANNOTATION})`);
   }
   // API server allows a relative workingDir.
   if (c.workingDir && !c.workingDir.startsWith('/')) add('InvalidPodSpec', `${at}.workingDir: "${c.workingDir}" is not an absolute path; write it from / (e.g. /${c.workingDir})`);
@@ -302,7 +333,16 @@ export function podWarnings(pod: V1Pod): string[] {
   const podSc = spec.securityContext ?? {};
   notApplied('spec.securityContext', (['runAsUser', 'runAsGroup', 'runAsNonRoot', 'fsGroup', 'supplementalGroups'] as const).filter((k) => podSc[k] != null), identity);
   notApplied('spec.securityContext', (['seLinuxOptions', 'seccompProfile', 'appArmorProfile', 'sysctls'] as const).filter((k) => podSc[k] != null), 'the guest kernel is the VM image\'s own, configured by the image, not by the pod');
-  [...(spec.initContainers ?? []).map((c, i) => [c, where('initContainers', i, c)] as const), ...(spec.containers ?? []).map((c, i) => [c, where('containers', i, c)] as const)].forEach(([c, at]) => {
+  const vmIndex = vmContainerIndex(pod);
+  // Sidecars: what their engine cannot apply comes back from it when they are created (Warning Events then).
+  (spec.containers ?? []).forEach((c, i) => {
+    if (i === vmIndex) return;
+    const at = where('containers', i, c);
+    const notRun = (['livenessProbe', 'readinessProbe', 'startupProbe'] as const).filter((k) => c[k] != null);
+    if (notRun.length) out.push(`${notRun.map((f) => `${at}.${f}`).join(', ')}: not run for sidecar containers yet: a running sidecar counts as started and ready`);
+    if (c.lifecycle?.postStart || c.lifecycle?.preStop) out.push(`${at}.lifecycle: not run for sidecar containers yet`);
+  });
+  [...(spec.initContainers ?? []).map((c, i) => [c, where('initContainers', i, c)] as const), ...(spec.containers ?? []).flatMap((c, i) => (i === vmIndex ? [[c, where('containers', i, c)] as const] : []))].forEach(([c, at]) => {
     const sc = c.securityContext ?? {};
     notApplied(`${at}.securityContext`, (['runAsUser', 'runAsGroup', 'runAsNonRoot'] as const).filter((k) => sc[k] != null), identity);
     const confine = (['capabilities', 'readOnlyRootFilesystem', 'allowPrivilegeEscalation', 'seLinuxOptions', 'seccompProfile', 'appArmorProfile', 'procMount'] as const).filter((k) => sc[k] != null && !(k === 'allowPrivilegeEscalation' && sc[k] === true) && !(k === 'readOnlyRootFilesystem' && sc[k] === false));

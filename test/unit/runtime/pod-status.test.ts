@@ -239,3 +239,29 @@ test('a crash-looping container keeps its last termination, message included, be
   assert.deepEqual(s.containerStatuses?.[0]?.state, { waiting: { reason: 'CrashLoopBackOff', message: 'back-off 40s restarting failed container=vm pod=web_default(uid-1)' } });
   assert.deepEqual(s.containerStatuses?.[0]?.lastState, { terminated: { exitCode: 128, reason: 'StartError', message: 'exec nosuch: executable file not found in $PATH', finishedAt: '2026-05-01T10:00:30Z', containerID: 'vmlet://uid-1' } });
 });
+
+test('hybrid pods: containerStatuses list every spec container in spec order, and Ready needs all of them', () => {
+  const pod: V1Pod = {
+    metadata: { name: 'runner', namespace: 'default', uid: 'uid-2', annotations: { 'vmlet.dev/vm-container': 'build' } },
+    spec: { nodeName: 'n', containers: [{ name: 'helper', image: 'busybox' }, { name: 'build', image: 'ghcr.io/x/vm:1' }, { name: 'svc', image: 'redis' }] },
+  };
+  const build = { ...running.container, name: 'build' };
+  const helper = { name: 'helper', image: 'busybox', imageID: 'busybox@sha256:1', containerID: 'docker://abc', state: { kind: 'running' as const, startedAt: t1 }, ready: true, started: true, restartCount: 2 };
+  // "svc" not created yet: it waits in ContainerCreating, and the pod is not ready.
+  const s = podStatus(pod, { ...running, container: build, sidecars: [helper] }, t2);
+  assert.deepEqual(s.containerStatuses?.map((c) => [c.name, Object.keys(c.state ?? {})[0], c.ready, c.restartCount]), [
+    ['helper', 'running', true, 2], ['build', 'running', true, 0], ['svc', 'waiting', false, 0],
+  ]);
+  assert.equal(s.containerStatuses?.[0]?.containerID, 'docker://abc');
+  assert.equal(s.containerStatuses?.[2]?.state?.waiting?.reason, 'ContainerCreating');
+  assert.equal(cond(s, 'ContainersReady')?.status, 'False');
+  assert.equal(cond(s, 'ContainersReady')?.message, 'containers with unready status: [svc]');
+  assert.equal(cond(s, 'Ready')?.status, 'False');
+  const svc = { ...helper, name: 'svc', image: 'redis', restartCount: 0 };
+  const all = podStatus(pod, { ...running, container: build, sidecars: [helper, svc] }, t2);
+  assert.equal(cond(all, 'ContainersReady')?.status, 'True');
+  assert.equal(cond(all, 'Ready')?.status, 'True');
+  // The VM container unready: named alone.
+  const vmDown = podStatus(pod, { ...running, container: { ...build, ready: false }, sidecars: [helper, svc] }, t2);
+  assert.equal(cond(vmDown, 'Ready')?.message, 'containers with unready status: [build]');
+});

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { V1Container, V1Pod, V1PodSpec } from '@kubernetes/client-node';
 import { PodSpecError } from '../../../src/runtime/pod/errors.ts';
-import { checkPod, checkRuntimeClass, podWarnings } from '../../../src/runtime/pod/validate.ts';
+import { checkPod, checkRuntimeClass, podWarnings, sidecarContainers, vmContainer } from '../../../src/runtime/pod/validate.ts';
 
 const opts = { hostPathPrefixes: ['/srv/shared', '/var/lib/vmlet/host'] };
 const vm: V1Container = { name: 'vm', image: 'ghcr.io/cirruslabs/ubuntu:latest' };
@@ -63,9 +63,14 @@ test('a plain one-container pod, with the things a VM pod may use, is accepted',
 const cases: Array<[string, V1Pod, RegExp]> = [
   ['a pod with no containers', pod({ containers: [] }), /^InvalidPodSpec: spec\.containers: a pod needs one container/],
   [
-    'a second container (a sidecar) until hybrid pods land',
-    pod({ containers: [vm, { name: 'sidecar', image: 'nginx' }] }),
-    /^UnsupportedPodSpec: spec\.containers\[1\] \(sidecar\): only one container per pod is supported until hybrid pods land; the first container \("vm"\) is the VM/,
+    'a privileged sidecar (it would have the host)',
+    pod({ containers: [vm, { name: 'helper', image: 'busybox', securityContext: { privileged: true } }] }),
+    /^UnsupportedPodSpec: spec\.containers\[1\] \(helper\)\.securityContext\.privileged: true is not supported: "helper" is a sidecar container on the node's container engine/,
+  ],
+  [
+    'a vm-container annotation naming no container',
+    { ...pod({ containers: [vm, { name: 'helper', image: 'busybox' }] }), metadata: { name: 'web', namespace: 'default', uid: 'u1', annotations: { 'vmlet.dev/vm-container': 'build' } } },
+    /^InvalidPodSpec: metadata\.annotations\["vmlet\.dev\/vm-container"\]: no container named "build" in spec\.containers \(there are: vm, helper\)/,
   ],
   ['an empty image', pod({}, { image: '' }), /^InvalidPodSpec: spec\.containers\[0\] \(vm\)\.image: no image is given/],
   ['an image with a trailing space', pod({}, { image: 'ghcr.io/x/vm:1 ' }), /^InvalidPodSpec: .*\.image: "ghcr\.io\/x\/vm:1 " has leading or trailing spaces/],
@@ -204,4 +209,25 @@ test('checkRuntimeClass: a RuntimeClass is run only when its handler is one the 
   );
   assert.match(refusal(pod({ runtimeClassName: 'kata' }), { name: 'kata', handler: 'kata' }, ['vmlet', 'vmlet-macos']), /with handlers "vmlet", "vmlet-macos"\)/);
   assert.equal(refusal(pod({ runtimeClassName: 'gone' }), undefined), 'UnsupportedPodSpec: spec.runtimeClassName: RuntimeClass "gone" not found; create it with handler: vmlet, or remove runtimeClassName');
+});
+
+test('hybrid pods: containers other than the VM container are sidecars; the annotation picks the VM container', () => {
+  const helper: V1Container = { name: 'helper', image: 'registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-latest', command: ['sh'], stdin: true };
+  const p = pod({ containers: [vm, helper] });
+  assert.equal(verdict(p), 'accepted');
+  assert.equal(vmContainer(p).name, 'vm');
+  assert.deepEqual(sidecarContainers(p).map((c) => c.name), ['helper']);
+  // GitLab Runner puts the build container first; another order names it.
+  const q: V1Pod = { ...pod({ containers: [helper, { ...vm, name: 'build' }] }), metadata: { name: 'w', namespace: 'default', uid: 'u2', annotations: { 'vmlet.dev/vm-container': 'build' } } };
+  assert.equal(verdict(q), 'accepted');
+  assert.equal(vmContainer(q).name, 'build');
+  assert.deepEqual(sidecarContainers(q).map((c) => c.name), ['helper']);
+  // Init containers run in the VM: the VM container's image, not the first container's.
+  const r: V1Pod = { ...q, spec: { ...q.spec!, initContainers: [{ name: 'init', image: vm.image, command: ['true'] }] } };
+  assert.equal(verdict(r), 'accepted');
+  // A sidecar's securityContext is the engine's to apply: no "not applied in the VM" warning; its probes are not run yet.
+  const w = pod({ containers: [vm, { ...helper, securityContext: { runAsUser: 1000 }, readinessProbe: { exec: { command: ['true'] } } }] });
+  const warnings = podWarnings(w);
+  assert.ok(!warnings.some((x) => x.includes('runAsUser')), warnings.join('\n'));
+  assert.ok(warnings.some((x) => /spec\.containers\[1\] \(helper\)\.readinessProbe: not run for sidecar containers yet/.test(x)), warnings.join('\n'));
 });
