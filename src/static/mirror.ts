@@ -164,7 +164,8 @@ export class MirrorPods {
     if (!statusChanged(e.mirror.status, e.status)) return;
     const updated = await api.call<V1Pod>('patch', 'pods/status', {
       method: 'PATCH', path: `${podPath}/status`, contentType: PATCH.strategic,
-      body: { metadata: { uid: e.mirror.metadata!.uid }, status: { reason: null, message: null, ...e.status } },
+      // Conditions merge by type: a reason and message that no longer hold are cleared (null), as the pod's.
+      body: { metadata: { uid: e.mirror.metadata!.uid }, status: { reason: null, message: null, ...e.status, conditions: e.status.conditions?.map((c) => ({ reason: null, message: null, ...c })) } },
     }).catch((err: unknown) => {
       // The mirror went away (or is another pod now): look it up again next time.
       if (httpStatus(err) === 404 || httpStatus(err) === 409) e.check = true;

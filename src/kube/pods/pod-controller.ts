@@ -119,6 +119,10 @@ export class PodController {
     if (pod.metadata?.annotations?.[MIRROR_ANNOTATION] !== undefined) return this.o.mirror?.(pod, gone);
     const w = this.work.get(uid);
     if (w) {
+      // An event older than the copy held here (the answer to this node's own status patch, which the
+      // watch has not caught up with) says nothing new; taken, it would make the next comparison see that
+      // patch as undone, and send it again.
+      if (!gone && olderThan(pod, w.pod)) return;
       w.pod = pod;
       w.gone ||= gone;
     } else {
@@ -214,10 +218,24 @@ export class PodController {
       path: `/api/v1/namespaces/${pod.metadata!.namespace}/pods/${pod.metadata!.name}/status`,
       contentType: PATCH.strategic,
       // A field left out of a strategic merge patch keeps its old value: a reason that no longer holds is
-      // cleared explicitly.
-      body: { metadata: { uid: pod.metadata!.uid }, status: { reason: null, message: null, ...next } },
+      // cleared explicitly, the pod's and each condition's (conditions merge by type: a Ready condition
+      // turned True would otherwise keep ContainersNotReady and its message, and differ from `next` forever).
+      body: {
+        metadata: { uid: pod.metadata!.uid },
+        status: { reason: null, message: null, ...next, conditions: next.conditions?.map((c) => ({ reason: null, message: null, ...c })) },
+      },
     });
     // The next comparison is against what the server now holds (the watch may be a moment behind).
     if (updated?.metadata?.uid === pod.metadata!.uid) w.pod = updated;
   }
+}
+
+/**
+ * Whether `a` is an older version of the same object than `b`. An object's resourceVersions come from
+ * etcd's revision and grow with each write; anything else is taken as not older.
+ */
+function olderThan(a: V1Pod, b: V1Pod): boolean {
+  const ra = a.metadata?.resourceVersion;
+  const rb = b.metadata?.resourceVersion;
+  return ra !== undefined && rb !== undefined && /^\d+$/.test(ra) && /^\d+$/.test(rb) && BigInt(ra) < BigInt(rb);
 }
