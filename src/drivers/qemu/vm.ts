@@ -1,6 +1,7 @@
 // One QEMU VM: the Vm of hypervisor.ts over a detached QEMU process, its QMP socket and vm.json. This is
 // the I/O shell; the command line, QMP framing, the record's schema and exit classification are the pure
-// modules next to it.
+// modules next to it, and the lifecycle both drivers share (exited, stop's steps, detach, re-attach) is
+// ../common/process-vm.ts.
 //
 // Exits are seen two ways. While vmlet started QEMU (it is our child), the child's 'exit' event gives the
 // code or signal. After a vmlet restart QEMU is not our child: its exit shows as end-of-file on QMP, and
@@ -9,27 +10,17 @@
 // asked for (persisted in vm.json, so it survives a vmlet restart too).
 import type { ChildProcess } from 'node:child_process';
 import { copyFile, open, rename, rm, stat } from 'node:fs/promises';
-import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  VmError, type StartOptions, type StopOptions, type Vm, type VmExit, type VmSpec, type VmState, type VmUsage,
-} from '../hypervisor.ts';
+import { VmError, type StartOptions, type VmExit, type VmUsage } from '../hypervisor.ts';
+import { ProcessVm, type DriverLogger } from '../common/process-vm.ts';
 import { qemuArgs, VIRTIOFSD, virtiofsdArgs, vmPaths, type QemuHost, type VmPaths } from './args.ts';
 import { writeRecord } from './persist.ts';
-import { isAlive, observeProcess, processUsage, signalRecorded, spawnDetached, watchGone } from './process.ts';
+import { isAlive, observeProcess, processUsage, signalRecorded, spawnDetached } from './process.ts';
 import { QmpClient } from './qmp-client.ts';
 import { shutdownInfo, type QmpEvent } from './qmp-protocol.ts';
-import { checkIdentity, classifyExit, exitFromRecord, exitToRecord, qemuErrorLine, type Intent, type ProcessRecord, type VmRecord } from './state.ts';
-import { connectUnix } from '../../host/unix-socket.ts';
+import { checkIdentity, classifyExit, qemuErrorLine, type ProcessRecord, type VmRecord } from './state.ts';
 
-/** The logger calls the driver makes: pino's, or anything shaped like it. */
-export interface DriverLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  debug(obj: object, msg?: string): void;
-}
-
-export const silentLogger: DriverLogger = { info() {}, warn() {}, debug() {} };
+export { silentLogger, type DriverLogger } from '../common/process-vm.ts';
 
 export interface VmContext {
   host: QemuHost;
@@ -40,58 +31,36 @@ export interface VmContext {
 
 const GONE_POLL_MS = 500;
 
-export class QemuVm implements Vm {
-  readonly spec: VmSpec;
-  readonly dir: string;
+export class QemuVm extends ProcessVm<VmRecord, ProcessRecord, QmpClient> {
   readonly consoleLog: string;
   private readonly paths: VmPaths;
-  private record: VmRecord;
-  private qmp: QmpClient | undefined;
-  private child: ChildProcess | undefined;
   /** virtiofsd children of this vmlet (for unref on detach). */
   private shareChildren: ChildProcess[] = [];
-  private childExit: { code: number | null; signal: string | null } | undefined;
-  private goneWatch: { stop: () => void } | undefined;
-  private starting = false;
-  private detached = false;
-  private finishing: Promise<void> | undefined;
   private qemuLogOffset = 0;
-  private exitedPromise!: Promise<VmExit>;
-  private resolveExited!: (exit: VmExit) => void;
-  private persistChain: Promise<void> = Promise.resolve();
 
   constructor(
     record: VmRecord,
     dir: string,
     private readonly ctx: VmContext,
   ) {
-    this.record = record;
-    this.spec = record.spec;
-    this.dir = dir;
+    super(record, dir, {
+      log: ctx.log,
+      pollMs: GONE_POLL_MS,
+      unrefPoll: false,
+      words: {
+        agentChannel: 'the agent channel',
+        softStopIntent: 'stopped by vmlet with the ACPI power button',
+        hardStopped: 'killed',
+        reattachedWithoutControl: 're-attached without QMP',
+        reattached: 're-attached to a running VM',
+      },
+    });
     this.paths = vmPaths(dir);
     this.consoleLog = this.paths.consoleLog;
-    this.newExitPromise();
-    if (record.exit) this.resolveExited(exitFromRecord(record.exit));
-  }
-
-  /** The current boot's exit (the last boot's, once exited; a new one at each start()). */
-  get exited(): Promise<VmExit> {
-    return this.exitedPromise;
-  }
-
-  state(): VmState {
-    return this.record.state;
-  }
-
-  pid(): number | undefined {
-    return this.record.state === 'exited' || this.record.state === 'created' ? undefined : this.record.qemu?.pid;
   }
 
   async start(opts: StartOptions = {}): Promise<void> {
-    if (this.detached) throw new VmError('Detached', `VM ${this.spec.id} was detached; attach it again`);
-    if (this.record.state !== 'created' && this.record.state !== 'exited') {
-      throw new VmError('InvalidState', `VM ${this.spec.id} is ${this.record.state}; only a created or exited VM can start`);
-    }
+    this.assertCanStart();
     const { host, log } = this.ctx;
     const binary = host.binaries[this.spec.arch];
     if (!binary) throw new VmError('BootFailed', `no QEMU binary for ${this.spec.arch} guests on this host`);
@@ -107,11 +76,7 @@ export class QemuVm implements Vm {
       });
     }
     // A new boot: forget the last one's exit, intent and shutdown.
-    this.newExitPromise();
-    this.record = { ...this.record, state: 'starting', qemu: undefined, exit: undefined, intent: undefined, lastShutdown: undefined, virtiofsd: [] };
-    this.childExit = undefined;
-    this.finishing = undefined;
-    this.starting = true;
+    this.beginBoot({ ...this.record, state: 'starting', qemu: undefined, exit: undefined, intent: undefined, lastShutdown: undefined, virtiofsd: [] });
     await this.removeSockets();
     if (this.spec.boot.kind === 'efi' && !this.spec.boot.nvram) await this.ensureNvram();
     this.qemuLogOffset = await stat(this.paths.qemuLog).then((s) => s.size, () => 0);
@@ -129,7 +94,7 @@ export class QemuVm implements Vm {
       try {
         qmp = await QmpClient.connect(this.paths.qmpSocket, this.ctx.startTimeoutMs, gaveUp);
       } catch (err) {
-        if (this.childExit) throw new VmError('BootFailed', (await this.exitedPromise).message);
+        if (this.childExit) throw new VmError('BootFailed', (await this.exited).message);
         throw err;
       }
       this.useQmp(qmp);
@@ -156,68 +121,6 @@ export class QemuVm implements Vm {
       if (err instanceof VmError) throw err;
       throw new VmError('BootFailed', message);
     }
-  }
-
-  async connectAgent(timeoutMs = 10_000): Promise<Duplex> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      if (this.record.state === 'exited') throw new VmError('NotRunning', `VM ${this.spec.id} has exited; no agent to connect to`);
-      try {
-        return await connectUnix(this.paths.agentSocket);
-      } catch (err) {
-        if (Date.now() >= deadline) {
-          throw new VmError('AgentUnreachable', `cannot connect to the agent channel ${this.paths.agentSocket} within ${timeoutMs} ms: ${(err as Error).message}`);
-        }
-        await sleep(50);
-      }
-    }
-  }
-
-  async stop(opts: StopOptions): Promise<VmExit> {
-    if (this.record.state === 'exited') return this.exitedPromise;
-    this.assertStarted('stop');
-    const deadline = Date.now() + opts.timeoutMs;
-    const seconds = (opts.timeoutMs / 1000).toFixed(1);
-    const half = Date.now() + opts.timeoutMs / 2;
-    await this.setIntent({ kind: 'stop', message: 'stopped by vmlet' }, 'stopping');
-    if (opts.askGuest) {
-      this.record.intent = { kind: 'stop', message: 'stopped by vmlet through the guest agent' };
-      const asked = opts.askGuest().then(
-        () => true,
-        (err: unknown) => {
-          this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 'the guest agent did not take the shutdown request');
-          return false;
-        },
-      );
-      // A rejection moves on at once; an accepted request (or one that hangs) gets until half the budget.
-      const accepted = await Promise.race([asked, this.exitedPromise.then(() => true), sleep(Math.max(0, half - Date.now()), true)]);
-      if (accepted && (await this.exitedBy(half))) return this.exitedPromise;
-    }
-    if (!this.isExited()) {
-      this.record.intent = { kind: 'stop', message: 'stopped by vmlet with the ACPI power button' };
-      await this.persist();
-      // Each QMP call gets only what is left of the budget: a hung QEMU must still be killed in time.
-      const left = (): number => Math.max(100, deadline - Date.now());
-      try {
-        // A paused guest cannot see the button.
-        if ((await this.qmpStatus(left())) !== 'running') await this.qmp?.execute('cont', undefined, left()).catch(() => {});
-        await this.qmp?.execute('system_powerdown', undefined, left());
-      } catch (err) {
-        this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 'ACPI power-down request failed');
-      }
-      if (await this.exitedBy(deadline)) return this.exitedPromise;
-    }
-    await this.setIntent({ kind: 'kill', message: `did not shut down within ${seconds} s of a stop request; killed` });
-    await this.killProcesses();
-    return this.exitedPromise;
-  }
-
-  async kill(): Promise<VmExit> {
-    if (this.record.state === 'exited') return this.exitedPromise;
-    this.assertStarted('kill');
-    await this.setIntent({ kind: 'kill', message: 'killed by vmlet' }, 'stopping');
-    await this.killProcesses();
-    return this.exitedPromise;
   }
 
   async pause(): Promise<void> {
@@ -276,95 +179,82 @@ export class QemuVm implements Vm {
     return { cpuSeconds, rssBytes, diskBytes };
   }
 
-  async detach(): Promise<void> {
-    this.detached = true;
-    this.goneWatch?.stop();
-    this.child?.removeAllListeners('exit');
-    this.child?.unref();
-    for (const c of this.shareChildren) c.unref();
-    this.qmp?.removeAllListeners();
-    this.qmp?.close();
-    this.qmp = undefined;
-    await this.persistChain;
+  // ---- the lifecycle's QEMU side (../common/process-vm.ts) ----
+
+  protected mainProcess(): ProcessRecord | undefined {
+    return this.record.qemu;
   }
 
-  async destroy(): Promise<void> {
-    if (this.record.state !== 'exited' && this.record.state !== 'created') {
-      throw new VmError('InvalidState', `VM ${this.spec.id} is ${this.record.state}; stop or kill it before destroying it`);
-    }
-    // An exit being recorded right now finishes first: its vm.json write must not land in a removed dir.
-    await this.finishing;
-    await this.detach();
-    await rm(this.dir, { recursive: true, force: true });
+  protected processAlive(rec: ProcessRecord): Promise<boolean> {
+    return isAlive(rec);
   }
 
-  // ---- re-attach (driver.attach) ----
+  protected signalProcess(rec: ProcessRecord, sig: NodeJS.Signals): Promise<boolean> {
+    return signalRecorded(rec, sig);
+  }
 
-  /** Picks up a VM from its record after a vmlet restart. */
-  async reattach(): Promise<void> {
-    const rec = this.record.qemu;
-    if (this.record.state === 'exited' || this.record.state === 'created') return;
-    if (!rec || !checkIdentity(rec, await observeProcess(rec.pid)).alive) {
-      // Gone while no vmlet watched. A SHUTDOWN seen before vmlet went away still says how; else Lost.
-      await this.cleanupShares();
-      const exit: VmExit = this.record.lastShutdown
-        ? { ...classifyExit({ intent: this.record.intent, shutdown: this.record.lastShutdown, duringStart: false }), at: new Date() }
-        : { reason: 'Lost', message: 'the VM process ended while vmlet was not running; nothing says how', exitCode: null, signal: null, at: new Date() };
-      await this.finish(exit);
-      return;
-    }
-    this.watchNotChild(rec);
+  protected agentSocket(): string {
+    return this.paths.agentSocket;
+  }
+
+  /** The ACPI power button; a paused guest is continued first (it cannot see the button). */
+  protected async softStop(left: () => number): Promise<void> {
     try {
-      this.useQmp(await QmpClient.connect(this.paths.qmpSocket, 10_000, () => (this.record.state === 'exited' ? 'QEMU exited' : undefined)));
-      const status = await this.qmpStatus();
-      if (!this.isExited() && this.record.state !== 'stopping') this.record.state = status === 'running' ? 'running' : 'paused';
-      await this.persist();
+      if ((await this.qmpStatus(left())) !== 'running') await this.conn?.execute('cont', undefined, left()).catch(() => {});
+      await this.conn?.execute('system_powerdown', undefined, left());
     } catch (err) {
-      // QEMU runs but QMP does not answer: the /proc watch still sees its exit; control waits.
-      this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 're-attached without QMP');
+      this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 'ACPI power-down request failed');
     }
-    this.ctx.log.info({ vm: this.spec.id, pid: rec.pid, state: this.record.state }, 're-attached to a running VM');
+  }
+
+  protected hardStop(): Promise<void> {
+    return this.killProcesses();
+  }
+
+  protected async classifyGone(): Promise<Omit<VmExit, 'at'>> {
+    await this.cleanupShares();
+    const log = await readFrom(this.paths.qemuLog, this.qemuLogOffset);
+    return classifyExit({
+      intent: this.record.intent,
+      shutdown: this.record.lastShutdown,
+      child: this.childExit,
+      duringStart: this.starting,
+      qemuError: qemuErrorLine(log),
+    });
+  }
+
+  /** A SHUTDOWN seen before vmlet went away still says how; else Lost. */
+  protected async exitWhileAway(): Promise<VmExit> {
+    await this.cleanupShares();
+    return this.record.lastShutdown
+      ? { ...classifyExit({ intent: this.record.intent, shutdown: this.record.lastShutdown, duringStart: false }), at: new Date() }
+      : { reason: 'Lost', message: 'the VM process ended while vmlet was not running; nothing says how', exitCode: null, signal: null, at: new Date() };
+  }
+
+  protected async reconnect(): Promise<void> {
+    this.useQmp(await QmpClient.connect(this.paths.qmpSocket, 10_000, () => (this.record.state === 'exited' ? 'QEMU exited' : undefined)));
+    const status = await this.qmpStatus();
+    if (!this.isExited() && this.record.state !== 'stopping') this.record.state = status === 'running' ? 'running' : 'paused';
+  }
+
+  protected removeExitedFiles(): Promise<void> {
+    return this.removeSockets();
+  }
+
+  protected writeRecord(snapshot: VmRecord): Promise<void> {
+    return writeRecord(this.paths.state, snapshot);
+  }
+
+  protected override onDetach(): void {
+    for (const c of this.shareChildren) c.unref();
   }
 
   // ---- internals ----
 
-  private newExitPromise(): void {
-    this.exitedPromise = new Promise<VmExit>((resolve) => (this.resolveExited = resolve));
-  }
-
-  private adoptChild(child: ChildProcess): void {
-    this.child = child;
-    child.once('exit', (code, signal) => {
-      this.childExit = { code, signal };
-      this.onGoneLogged();
-    });
-  }
-
-  private watchNotChild(rec: ProcessRecord): void {
-    const watch = watchGone(rec, GONE_POLL_MS);
-    this.goneWatch = watch;
-    void watch.gone.then(() => this.onGoneLogged());
-  }
-
-  /** onGone from an event: a failure to record the exit (e.g. the disk is full) is logged, not thrown. */
-  private onGoneLogged(): void {
-    this.onGone().catch((err: unknown) => this.ctx.log.warn({ vm: this.spec.id, err: (err as Error).message }, 'could not record the VM exit'));
-  }
-
   private useQmp(qmp: QmpClient): void {
-    this.qmp = qmp;
+    this.conn = qmp;
     qmp.on('event', (ev) => this.onEvent(ev));
-    qmp.on('close', () => {
-      if (this.qmp === qmp) this.qmp = undefined;
-      // Not our child: end-of-file is the first sign of an exit; /proc confirms it soon after.
-      const rec = this.record.qemu;
-      if (!this.child && rec && !this.detached) {
-        void (async () => {
-          for (let i = 0; i < 40 && (await isAlive(rec)); i++) await sleep(50);
-          if (!(await isAlive(rec))) this.onGoneLogged();
-        })();
-      }
-    });
+    qmp.on('close', () => this.connectionClosed(qmp));
   }
 
   private onEvent(ev: QmpEvent): void {
@@ -380,44 +270,6 @@ export class QemuVm implements Vm {
       void this.persist();
     }
     this.ctx.log.debug({ vm: this.spec.id, event: ev.event, data: ev.data }, 'QMP event');
-  }
-
-  /** QEMU is gone: classify, record, clean up, resolve `exited`. Runs once per boot. */
-  private onGone(): Promise<void> {
-    if (this.detached) return Promise.resolve();
-    this.finishing ??= (async () => {
-      this.goneWatch?.stop();
-      this.qmp?.close();
-      this.qmp = undefined;
-      await this.cleanupShares();
-      const log = await readFrom(this.paths.qemuLog, this.qemuLogOffset);
-      const exit: VmExit = {
-        ...classifyExit({
-          intent: this.record.intent,
-          shutdown: this.record.lastShutdown,
-          child: this.childExit,
-          duringStart: this.starting,
-          qemuError: qemuErrorLine(log),
-        }),
-        at: new Date(),
-      };
-      await this.finish(exit);
-    })();
-    return this.finishing;
-  }
-
-  private async finish(exit: VmExit): Promise<void> {
-    this.record.state = 'exited';
-    this.record.exit = exitToRecord(exit);
-    this.child = undefined;
-    try {
-      await this.removeSockets();
-      await this.persist();
-    } finally {
-      // Whoever waits for the exit hears of it even if vm.json could not be written.
-      this.ctx.log.info({ vm: this.spec.id, reason: exit.reason, exitCode: exit.exitCode, signal: exit.signal }, `VM exited: ${exit.message}`);
-      this.resolveExited(exit);
-    }
   }
 
   private async startShares(): Promise<void> {
@@ -452,12 +304,10 @@ export class QemuVm implements Vm {
   }
 
   private async killProcesses(): Promise<void> {
-    const rec = this.record.qemu;
-    if (rec && this.record.state !== 'exited') {
+    if (this.record.qemu && this.record.state !== 'exited') {
       // Our child may not have been reaped yet; a recorded process is only signalled while it is itself.
-      if (this.child && !this.childExit) this.child.kill('SIGKILL');
-      else await signalRecorded(rec, 'SIGKILL');
-    } else if (!rec) {
+      await this.killProcess();
+    } else if (!this.record.qemu) {
       await this.cleanupShares();
     }
   }
@@ -482,7 +332,7 @@ export class QemuVm implements Vm {
   }
 
   private async qmpStatus(timeoutMs = 30_000): Promise<string | undefined> {
-    return (await this.qmp?.execute<{ status: string }>('query-status', undefined, timeoutMs).catch(() => undefined))?.status;
+    return (await this.conn?.execute<{ status: string }>('query-status', undefined, timeoutMs).catch(() => undefined))?.status;
   }
 
   private async ensureNvram(): Promise<void> {
@@ -497,61 +347,11 @@ export class QemuVm implements Vm {
     await Promise.all(files.map((f) => rm(f, { force: true })));
   }
 
-  private async setIntent(intent: Intent, state?: VmState): Promise<void> {
-    this.record.intent = intent;
-    if (state && this.record.state !== 'exited') this.record.state = state;
-    await this.persist();
-  }
-
-  private async exitedBy(deadline: number): Promise<boolean> {
-    return this.exitedOrTimeout(deadline - Date.now());
-  }
-
-  private async exitedOrTimeout(ms: number): Promise<boolean> {
-    if (this.record.state === 'exited') return true;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
-    try {
-      return await Promise.race([this.exitedPromise.then(() => true as const), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** The state can change across any await; a method call keeps TypeScript from narrowing it. */
-  private isExited(): boolean {
-    return this.record.state === 'exited';
-  }
-
   private requireQmp(): QmpClient {
-    if (!this.qmp) throw new VmError('NotConnected', `VM ${this.spec.id}: no QMP connection to QEMU`);
-    return this.qmp;
-  }
-
-  private assertStarted(what: string): void {
-    if (this.detached) throw new VmError('Detached', `VM ${this.spec.id} was detached; attach it again to ${what} it`);
-    if (this.record.state === 'created') throw new VmError('InvalidState', `VM ${this.spec.id} was never started; nothing to ${what}`);
-  }
-
-  private assertRunning(what: string): void {
-    this.assertStarted(what);
-    if (this.record.state !== 'running' && this.record.state !== 'paused') {
-      throw new VmError('InvalidState', `VM ${this.spec.id} is ${this.record.state}; cannot ${what} it`);
-    }
-  }
-
-  /** Writes vm.json; writes are queued so they land in order. */
-  private persist(): Promise<void> {
-    this.record.updatedAt = new Date().toISOString();
-    const snapshot = structuredClone(this.record);
-    this.persistChain = this.persistChain.then(
-      () => writeRecord(this.paths.state, snapshot),
-      () => writeRecord(this.paths.state, snapshot),
-    );
-    return this.persistChain;
+    if (!this.conn) throw new VmError('NotConnected', `VM ${this.spec.id}: no QMP connection to QEMU`);
+    return this.conn;
   }
 }
-
 
 async function readFrom(file: string, offset: number): Promise<string> {
   const handle = await open(file, 'r').catch(() => undefined);
