@@ -20,7 +20,8 @@ import { VmError, type Hypervisor, type Vm, type VmSpec } from '../hypervisor.ts
 import { vmPaths } from './args.ts';
 import { detectHost, type DetectedHost, type HostOptions } from './host.ts';
 import { readRecord, writeRecord } from './persist.ts';
-import { newRecord, StateError } from './state.ts';
+import { StateError } from '../common/record.ts';
+import { newRecord } from './state.ts';
 import { QemuVm, silentLogger, type DriverLogger } from './vm.ts';
 
 export interface QemuDriverOptions extends HostOptions {

@@ -1,11 +1,12 @@
-// The process side of a VM, as thin I/O: start a program detached in its own session with its output
-// appended to a log (so it outlives vmlet), read who a pid is from /proc, and watch a process that is not
-// our child until it is gone. What the readings mean is decided in state.ts.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+// The process side of a QEMU VM, as thin I/O: start QEMU or virtiofsd detached (../common/spawn.ts) and
+// record who it is, read who a pid is from /proc, and signal a recorded process only while it is itself.
+// What the readings mean is decided in state.ts.
+import { execFile, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { checkIdentity, parseCmdline, parseProcStat, type ObservedProcess, type ProcessRecord } from './state.ts';
+import { parseCmdline, parseProcStat } from '../common/proc.ts';
+import { signalIfAlive, spawnDetachedChild } from '../common/spawn.ts';
+import { checkIdentity, type ObservedProcess, type ProcessRecord } from './state.ts';
 
 const run = promisify(execFile);
 
@@ -14,27 +15,9 @@ export interface Spawned {
   record: ProcessRecord;
 }
 
-/**
- * Starts argv[0] detached (setsid: its own session and process group, so a signal to vmlet's group or
- * vmlet's exit does not reach it), stdin from /dev/null, stdout and stderr appended to logFile. The
- * child stays referenced (it keeps vmlet's event loop alive, so an awaited exit is seen) until the
- * caller lets go of it with child.unref() (Vm.detach()).
- */
+/** Starts argv detached with its output appended to logFile (spawnDetachedChild), and records who it is. */
 export async function spawnDetached(argv: string[], logFile: string): Promise<Spawned> {
-  const [command, ...args] = argv;
-  if (!command) throw new Error('spawnDetached: empty argv');
-  const fd = openSync(logFile, 'a');
-  let child: ChildProcess;
-  try {
-    child = spawn(command, args, { detached: true, stdio: ['ignore', fd, fd] });
-  } finally {
-    closeSync(fd);
-  }
-  if (child.pid === undefined) {
-    const err = await new Promise<Error>((resolve) => child.once('error', resolve));
-    throw new Error(`cannot start ${command}: ${err.message}`);
-  }
-  child.on('error', () => {}); // exits are reported through 'exit'
+  const child = await spawnDetachedChild(argv, logFile);
   const pid = child.pid;
   const observed = await observeProcess(pid);
   // The child may already be gone (bad arguments); it is still ours to wait for, so record what we can.
@@ -73,28 +56,7 @@ export async function isAlive(rec: ProcessRecord): Promise<boolean> {
 
 /** Sends sig to the recorded process, only if it is still that process (a reused pid is never signalled). */
 export async function signalRecorded(rec: ProcessRecord, sig: NodeJS.Signals): Promise<boolean> {
-  if (!(await isAlive(rec))) return false;
-  try {
-    process.kill(rec.pid, sig);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Resolves when the recorded process is gone (or a zombie), polling /proc; stop() ends the watch (and its timer). */
-export function watchGone(rec: ProcessRecord, intervalMs = 250): { gone: Promise<void>; stop: () => void } {
-  let timer: NodeJS.Timeout | undefined;
-  let stopped = false;
-  const gone = new Promise<void>((resolve) => {
-    const tick = async (): Promise<void> => {
-      if (stopped) return;
-      if (!(await isAlive(rec))) return resolve();
-      timer = setTimeout(() => void tick(), intervalMs);
-    };
-    void tick();
-  });
-  return { gone, stop: () => { stopped = true; clearTimeout(timer); } };
+  return signalIfAlive(rec.pid, () => isAlive(rec), sig);
 }
 
 let clockTicks: number | undefined;

@@ -1,40 +1,14 @@
 // The pure parts of a QEMU VM's bookkeeping: vm.json (what the driver persists, and its schema), the
 // process identity that keeps a reused pid from ever being adopted, and how an exit is classified. The
-// file I/O is in persist.ts, the /proc reads in process.ts.
+// file I/O is in persist.ts, the /proc reads in process.ts; what both drivers' records share is
+// ../common/record.ts, the /proc parsing ../common/proc.ts.
 import { z } from 'zod';
 import type { VmExit, VmSpec } from '../hypervisor.ts';
+import { exitSchema, intentSchema, parseJsonRecord, serializeJsonRecord, specSchema, StateError, vmStateSchema, type Intent } from '../common/record.ts';
+import type { ProcStat } from '../common/proc.ts';
 import type { ShutdownInfo } from './qmp-protocol.ts';
 
 export const STATE_VERSION = 1;
-
-const forwardSchema = z.object({
-  protocol: z.enum(['tcp', 'udp']),
-  hostAddress: z.string().optional(),
-  hostPort: z.number().int(),
-  guestPort: z.number().int(),
-});
-
-const specSchema = z.object({
-  id: z.string().min(1),
-  name: z.string(),
-  os: z.enum(['linux', 'darwin']),
-  arch: z.enum(['x86_64', 'aarch64']),
-  cpus: z.number().int().positive(),
-  memoryMiB: z.number().int().positive(),
-  macAddress: z.string().optional(),
-  disk: z.object({ path: z.string(), format: z.enum(['raw', 'qcow2']) }),
-  boot: z.discriminatedUnion('kind', [
-    z.object({ kind: z.literal('kernel'), kernel: z.string(), initrd: z.string().optional(), cmdline: z.string() }),
-    z.object({ kind: z.literal('efi'), nvram: z.string().optional() }),
-    z.object({ kind: z.literal('macos'), nvram: z.string(), hardwareModel: z.string(), ecid: z.string() }),
-  ]),
-  network: z.discriminatedUnion('mode', [
-    z.object({ mode: z.literal('none') }),
-    z.object({ mode: z.literal('user'), forwards: z.array(forwardSchema) }),
-    z.object({ mode: z.literal('bridge'), bridge: z.string(), tap: z.string().optional() }),
-  ]),
-  shares: z.array(z.object({ tag: z.string(), hostPath: z.string(), readOnly: z.boolean() })),
-});
 
 /** Who a process is: a pid alone can be reused, pid + start time (+ boot) cannot. */
 const processSchema = z.object({
@@ -46,26 +20,18 @@ const processSchema = z.object({
   argv: z.array(z.string()),
 });
 
-const exitSchema = z.object({
-  reason: z.enum(['GuestShutdown', 'Stopped', 'Killed', 'Crashed', 'BootFailed', 'Lost']),
-  message: z.string(),
-  exitCode: z.number().int().nullable().optional(),
-  signal: z.string().nullable().optional(),
-  at: z.string(),
-});
-
 export const vmRecordSchema = z.object({
   version: z.literal(STATE_VERSION),
   driver: z.literal('qemu'),
   spec: specSchema,
-  state: z.enum(['created', 'starting', 'running', 'paused', 'stopping', 'exited']),
+  state: vmStateSchema,
   /** Paths QEMU was told about (also derivable from the dir; recorded so a reader needs no code). */
   sockets: z.object({ qmp: z.string(), agent: z.string() }),
   consoleLog: z.string(),
   qemu: processSchema.optional(),
   virtiofsd: z.array(processSchema.extend({ tag: z.string(), socket: z.string() })),
   /** What vmlet asked for, so an exit seen after a vmlet restart is still classified as ours. */
-  intent: z.object({ kind: z.enum(['stop', 'kill']), message: z.string() }).optional(),
+  intent: intentSchema.optional(),
   /** The last SHUTDOWN event QMP reported for the current boot. */
   lastShutdown: z.object({ guest: z.boolean(), reason: z.string() }).optional(),
   exit: exitSchema.optional(),
@@ -74,11 +40,6 @@ export const vmRecordSchema = z.object({
 
 export type VmRecord = z.infer<typeof vmRecordSchema>;
 export type ProcessRecord = z.infer<typeof processSchema>;
-export type Intent = NonNullable<VmRecord['intent']>;
-
-export class StateError extends Error {
-  override name = 'StateError';
-}
 
 export function newRecord(spec: VmSpec, paths: { qmpSocket: string; agentSocket: string; consoleLog: string }, now: Date): VmRecord {
   return {
@@ -94,75 +55,12 @@ export function newRecord(spec: VmSpec, paths: { qmpSocket: string; agentSocket:
 }
 
 export function serializeRecord(record: VmRecord): string {
-  return `${JSON.stringify(record, null, 2)}\n`;
+  return serializeJsonRecord(record);
 }
 
 /** Parses vm.json; throws StateError naming the first thing wrong. */
 export function parseRecord(text: string, file: string): VmRecord {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new StateError(`${file} is not JSON: ${(err as Error).message}`);
-  }
-  const parsed = vmRecordSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new StateError(`${file} is not a QEMU VM record: ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'invalid'}`);
-  }
-  return parsed.data;
-}
-
-export function exitFromRecord(exit: NonNullable<VmRecord['exit']>): VmExit {
-  return { ...exit, at: new Date(exit.at) };
-}
-
-export function exitToRecord(exit: VmExit): NonNullable<VmRecord['exit']> {
-  return { ...exit, at: exit.at.toISOString() };
-}
-
-/** The fields of /proc/<pid>/stat the driver uses. */
-export interface ProcStat {
-  pid: number;
-  comm: string;
-  /** R, S, D, Z (zombie: exited, not yet reaped), X... */
-  state: string;
-  ppid: number;
-  /** Clock ticks. */
-  utime: number;
-  stime: number;
-  startTime: string;
-}
-
-/** Parses /proc/<pid>/stat. comm may hold spaces and parentheses, so fields are counted after the last ')'. */
-export function parseProcStat(text: string): ProcStat {
-  const open = text.indexOf('(');
-  const close = text.lastIndexOf(')');
-  if (open < 0 || close < open) throw new StateError(`not a /proc/<pid>/stat line: ${text.slice(0, 80)}`);
-  const rest = text.slice(close + 2).trim().split(/\s+/);
-  // rest[0] is field 3 (state); field n is rest[n - 3].
-  const field = (n: number): string => {
-    const v = rest[n - 3];
-    if (v === undefined) throw new StateError(`/proc/<pid>/stat has no field ${n}: ${text.slice(0, 80)}`);
-    return v;
-  };
-  return {
-    pid: Number(text.slice(0, open).trim()),
-    comm: text.slice(open + 1, close),
-    state: field(3),
-    ppid: Number(field(4)),
-    utime: Number(field(14)),
-    stime: Number(field(15)),
-    startTime: field(22),
-  };
-}
-
-/** /proc/<pid>/cmdline as argv. */
-export function parseCmdline(raw: Buffer | string): string[] {
-  const text = typeof raw === 'string' ? raw : raw.toString('utf8');
-  const parts = text.split('\0');
-  if (parts.at(-1) === '') parts.pop();
-  return parts;
+  return parseJsonRecord(text, file, { schema: vmRecordSchema, kind: 'QEMU', makeError: (m) => new StateError(m) })!;
 }
 
 /** What /proc says about a pid right now (undefined: no such process). */

@@ -5,7 +5,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { parseProcStat } from '../qemu/state.ts';
+import { parseProcStat } from '../common/proc.ts';
 import type { VzProcess } from './state.ts';
 
 const run = promisify(execFile);

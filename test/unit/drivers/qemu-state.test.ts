@@ -10,9 +10,9 @@ import type { VmSpec } from '../../../src/drivers/hypervisor.ts';
 import { vmPaths } from '../../../src/drivers/qemu/args.ts';
 import { readRecord, writeRecord } from '../../../src/drivers/qemu/persist.ts';
 import { observeProcess } from '../../../src/drivers/qemu/process.ts';
-import {
-  checkIdentity, classifyExit, newRecord, parseCmdline, parseProcStat, qemuErrorLine, StateError, type ObservedProcess, type ProcessRecord,
-} from '../../../src/drivers/qemu/state.ts';
+import { parseCmdline, parseProcStat } from '../../../src/drivers/common/proc.ts';
+import { StateError } from '../../../src/drivers/common/record.ts';
+import { checkIdentity, classifyExit, newRecord, qemuErrorLine, type ObservedProcess, type ProcessRecord } from '../../../src/drivers/qemu/state.ts';
 
 const dirs: string[] = [];
 after(async () => {
