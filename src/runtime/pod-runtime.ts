@@ -13,7 +13,7 @@ import type { Duplex, Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { consoleLog } from './pod/console-log.ts';
 import { AgentError, type MainExitEvent } from '../agent/host/client.ts';
-import { VmError, type Hypervisor } from '../drivers/hypervisor.ts';
+import { VmError, type Hypervisor, type PortForward } from '../drivers/hypervisor.ts';
 import { pullImage } from '../images/pull.ts';
 import type { RegistryClient } from '../images/registry/client.ts';
 import type { CredentialStore, PullSecret } from '../images/registry/credentials.ts';
@@ -30,9 +30,12 @@ import { agentProbeTarget } from './probes/agent-target.ts';
 import { HOOK_FAILURE, runHandler, type ProbeTarget } from './probes/handlers.ts';
 import { ContainerProber } from './probes/prober.ts';
 import type { ContainerRuntimeState, PodRuntimeState } from './pod/status.ts';
-import { checkPod, checkRuntimeClass, podWarnings, type RuntimeClassRef } from './pod/validate.ts';
+import { checkPod, checkRuntimeClass, podWarnings, sidecarContainers, vmContainer, vmContainerIndex, type RuntimeClassRef } from './pod/validate.ts';
 import { PodVolumes, uniqueShares } from './pod-volumes.ts';
 import { VmInstance } from './vm-instance.ts';
+import { SidecarEngineError, SidecarEngineUnavailable } from '../sidecars/errors.ts';
+import type { SidecarEngine } from '../sidecars/engine.ts';
+import { SidecarSet } from './sidecar-set.ts';
 
 export type EventType = 'Normal' | 'Warning';
 
@@ -64,6 +67,8 @@ export interface PodRuntimeOptions {
   runtimeHandlers?: string[];
   /** Crash-loop back-off of restarted containers and rebooted VMs (default: the kubelet's 10 s to 5 min). */
   restartBackoff?: RestartBackoffOptions;
+  /** The Docker-API engine of hybrid pods' sidecars (socket path, unix://, tcp://); default: its discovery. */
+  sidecarEngine?: string;
 }
 
 interface PodRecord {
@@ -94,6 +99,8 @@ interface PodRecord {
   prober?: ContainerProber;
   /** Why vmlet killed the current run (a probe, postStart): the message of its termination. */
   killedFor?: string;
+  /** Hybrid pods: the sidecar containers on the container engine. */
+  sidecars?: SidecarSet;
   /** When config volumes were last refreshed, and the refresh under way. */
   volumesAt?: number;
   refreshing?: Promise<void>;
@@ -129,6 +136,19 @@ export class PodRuntime implements KubeletProvider {
 
   constructor(private readonly o: PodRuntimeOptions) {
     this.volumes = new PodVolumes({ vmDir: o.vmDir, lookups: o.lookups });
+  }
+
+  /** The sidecar engine, connected when a hybrid pod first needs it (dockerode is loaded then, not before). */
+  private engineP?: Promise<SidecarEngine>;
+
+  private engine(): Promise<SidecarEngine> {
+    this.engineP ??= import('../sidecars/engine.ts')
+      .then(({ SidecarEngine }) => SidecarEngine.connect(this.o.sidecarEngine ? { socket: this.o.sidecarEngine } : {}))
+      .catch((err: unknown) => {
+        this.engineP = undefined; // asked again next time: the engine may come up
+        throw err;
+      });
+    return this.engineP;
   }
 
   state(uid: string): PodRuntimeState | undefined {
@@ -192,7 +212,7 @@ export class PodRuntime implements KubeletProvider {
   private async start(rec: PodRecord): Promise<void> {
     const pod = rec.pod;
     const uid = pod.metadata!.uid!;
-    const container = pod.spec!.containers[0]!;
+    const container = vmContainer(pod);
     const { o } = this;
     let image: StoredImage;
     // Where a start's time goes (ms since it began), logged once the container runs (bench/pods.ts reads it).
@@ -202,6 +222,9 @@ export class PodRuntime implements KubeletProvider {
       // Without CPU or memory in the container's resources, the image's own VM config sizes the VM.
       const r = container.resources;
       const sized = [r?.limits, r?.requests].some((q) => q?.cpu !== undefined || q?.memory !== undefined);
+      // A hybrid pod needs its engine: found before a VM is booted for nothing.
+      const hybrid = sidecarContainers(pod).length > 0;
+      if (hybrid && !rec.sidecars) await this.engine();
       const size = sized ? vmSize(container, o.defaults) : undefined;
       const services = (await o.services?.()) ?? [];
       const facts: EnvFacts = { nodeName: o.nodeName, hostIP: o.hostIP, podIP: o.hostIP, services, ...(size ? { vm: size } : {}) };
@@ -216,7 +239,7 @@ export class PodRuntime implements KubeletProvider {
       this.setWaiting(rec, 'ContainerCreating', `booting a VM (${sizeText})`);
       const instance = await VmInstance.launch({
         store: o.store, driver: o.driver, vmDir: o.vmDir, image, id: uid, name: `${pod.metadata!.namespace}/${pod.metadata!.name}`,
-        ...(size ? { cpus: size.cpus, memoryMiB: size.memoryMiB } : {}), network: { mode: 'user', forwards: [] },
+        ...(size ? { cpus: size.cpus, memoryMiB: size.memoryMiB } : {}), network: { mode: 'user', forwards: hybrid ? vmPortForwards(container, o.hostIP) : [] },
         shares: uniqueShares(volumes),
         ...(o.bootTimeoutMs ? { bootTimeoutMs: o.bootTimeoutMs } : {}),
         onPhase: (phase, ms) => {
@@ -258,12 +281,20 @@ export class PodRuntime implements KubeletProvider {
       if (argv.length > 0 && (await this.startMain(rec, instance)) === 'failed') return;
       rec.state = { ...rec.state, startTime: rec.state.startTime ?? now };
       o.event(pod, 'Normal', 'Started', argv.length > 0 ? `Started container ${container.name} in the VM: ${argv.join(' ').slice(0, 200)}` : `Started VM ${uid} (no command: the VM is the container)`);
+      if (hybrid) this.startSidecars(rec, facts);
       await this.containerStarted(rec, instance, now);
       o.log.info({ uid, ms: { ...took, running: Date.now() - t0 } }, 'pod container running');
       o.changed(uid);
     } catch (err) {
       const e = err as Error & { reason?: string };
       if (rec.removing || rec.done.signal.aborted) return;
+      if (err instanceof SidecarEngineUnavailable) {
+        // Waits (retried with the caller's back-off) until the engine answers; the VM was not booted.
+        const message = `pod has sidecar containers (${sidecarContainers(pod).map((c) => c.name).join(', ')}) and ${err.message}; start the engine or set sidecarEngine (--sidecar-engine)`;
+        this.setWaiting(rec, 'SidecarEngineUnavailable', message);
+        o.event(pod, 'Warning', 'SidecarEngineUnavailable', message);
+        throw err;
+      }
       if (err instanceof PodSpecError) {
         this.setWaiting(rec, err.reason, err.message);
         if (rec.instance) await this.release(rec, 5000);
@@ -274,7 +305,7 @@ export class PodRuntime implements KubeletProvider {
       }
       if (e instanceof VmError && e.reason === 'InvalidVmSize') {
         // The image's own bounds (memorySizeMin, ...), known only once it is pulled: final as well.
-        const message = `spec.containers[0] (${container.name}).resources: ${e.message}; change the container's resources.limits`;
+        const message = `spec.containers[${vmContainerIndex(pod)}] (${container.name}).resources: ${e.message}; change the container's resources.limits`;
         this.fail(rec, 'InvalidVmSize', message);
         return;
       }
@@ -399,6 +430,14 @@ export class PodRuntime implements KubeletProvider {
     }
   }
 
+  /** The pod's imagePullSecrets that exist (for the sidecar engine's pulls). */
+  private async pullSecrets(pod: V1Pod): Promise<PullSecret[]> {
+    const names = (pod.spec?.imagePullSecrets ?? []).map((r) => r.name).filter((n): n is string => Boolean(n));
+    if (!this.o.pullSecret) return [];
+    const found = await Promise.all(names.map((n) => this.o.pullSecret!(pod.metadata!.namespace!, n)));
+    return found.filter((x): x is PullSecret => x !== undefined);
+  }
+
   /** The registry client with the pod's imagePullSecrets (kubelet: missing ones are a warning, not an error). */
   private async registryFor(pod: V1Pod): Promise<RegistryClient> {
     const names = (pod.spec?.imagePullSecrets ?? []).map((r) => r.name).filter((n): n is string => Boolean(n));
@@ -423,7 +462,7 @@ export class PodRuntime implements KubeletProvider {
    * and goes through the restart policy like any other exit.
    */
   private async startMain(rec: PodRecord, instance: VmInstance): Promise<'started' | 'failed'> {
-    const container = rec.pod.spec!.containers[0]!;
+    const container = vmContainer(rec.pod);
     const argv = [...(container.command ?? []), ...(container.args ?? [])];
     try {
       await instance.agent.startMain({
@@ -507,6 +546,7 @@ export class PodRuntime implements KubeletProvider {
       if (policy === 'Never') {
         rec.state = { ...rec.state, phase: 'Failed', vmReady: false, container: { ...rec.state.container, ready: false, state: terminated } };
         this.finish(rec);
+        void this.stopSidecars(rec, rec.pod.spec?.terminationGracePeriodSeconds ?? 30);
         this.kickQueue();
         this.o.changed(uid);
         return;
@@ -576,7 +616,7 @@ export class PodRuntime implements KubeletProvider {
 
   /** What probes and hooks of the VM container run against: its VM, through the agent. */
   private target(rec: PodRecord, instance: VmInstance): ProbeTarget {
-    const c = rec.pod.spec!.containers[0]!;
+    const c = vmContainer(rec.pod);
     return agentProbeTarget({
       agent: () => (rec.instance === instance ? instance.agent : undefined),
       ...(rec.env ? { env: rec.env } : {}), ...(c.workingDir ? { cwd: c.workingDir } : {}), podIP: this.o.hostIP,
@@ -591,7 +631,7 @@ export class PodRuntime implements KubeletProvider {
   private async containerStarted(rec: PodRecord, instance: VmInstance, startedAt: Date): Promise<void> {
     const pod = rec.pod;
     const uid = pod.metadata!.uid!;
-    const c = pod.spec!.containers[0]!;
+    const c = vmContainer(pod);
     const target = this.target(rec, instance);
     const postStart = c.lifecycle?.postStart;
     if (postStart) {
@@ -611,7 +651,7 @@ export class PodRuntime implements KubeletProvider {
   private startProbes(rec: PodRecord, instance: VmInstance, startedAt: Date): void {
     const pod = rec.pod;
     const uid = pod.metadata!.uid!;
-    const c = pod.spec!.containers[0]!;
+    const c = vmContainer(pod);
     if (rec.done.signal.aborted || rec.instance !== instance) return;
     rec.prober?.stop();
     rec.prober = new ContainerProber({
@@ -640,7 +680,7 @@ export class PodRuntime implements KubeletProvider {
    * again.
    */
   private async killContainer(rec: PodRecord, instance: VmInstance, why: string, graceSeconds: number | undefined): Promise<void> {
-    const c = rec.pod.spec!.containers[0]!;
+    const c = vmContainer(rec.pod);
     rec.prober?.stop();
     rec.prober = undefined;
     const grace = graceSeconds ?? rec.pod.spec?.terminationGracePeriodSeconds ?? 30;
@@ -656,7 +696,7 @@ export class PodRuntime implements KubeletProvider {
 
   /** preStop, then SIGTERM to the main process and SIGKILL at `deadline`: the kubelet's container stop. */
   private async stopContainer(rec: PodRecord, instance: VmInstance, deadline: number): Promise<void> {
-    const c = rec.pod.spec!.containers[0]!;
+    const c = vmContainer(rec.pod);
     await this.runPreStop(rec, instance, deadline);
     if (!c.command?.length && !c.args?.length) return;
     if (rec.state.container.state.kind !== 'running') return;
@@ -666,7 +706,7 @@ export class PodRuntime implements KubeletProvider {
 
   /** The VM container's preStop hook, if any, within the time left before `deadline`. */
   private async runPreStop(rec: PodRecord, instance: VmInstance, deadline: number): Promise<void> {
-    const c = rec.pod.spec!.containers[0]!;
+    const c = vmContainer(rec.pod);
     const preStop = c.lifecycle?.preStop;
     if (!preStop || rec.state.container.state.kind !== 'running') return;
     const r = await runHandler(preStop, this.target(rec, instance), c, Math.max(deadline - Date.now(), 1000), { pod: rec.pod.metadata! });
@@ -743,6 +783,8 @@ export class PodRuntime implements KubeletProvider {
     await rec.busy?.catch(() => undefined);
     const grace = pod.metadata?.deletionGracePeriodSeconds ?? pod.spec?.terminationGracePeriodSeconds ?? 30;
     const deadline = Date.now() + Math.max(grace, 1) * 1000;
+    // Sidecars stop in parallel with the VM container, within the same grace period.
+    const sidecarsStopped = this.stopSidecars(rec, grace);
     const instance = rec.instance;
     if (instance) {
       this.o.event(pod, 'Normal', 'Killing', `Stopping container ${rec.state.container.name} (VM ${uid}, grace period ${grace}s)`);
@@ -750,14 +792,62 @@ export class PodRuntime implements KubeletProvider {
     }
     prober?.stop();
     await this.release(rec, Math.max(deadline - Date.now(), 5000));
+    await sidecarsStopped;
     this.pods.delete(uid);
   }
 
   private async release(rec: PodRecord, graceMs: number): Promise<void> {
     const instance = rec.instance;
     rec.instance = undefined;
-    if (instance) await instance.stop(graceMs).catch((err: Error) => this.o.log.warn({ err: err.message }, 'stopping a VM failed'));
+    await Promise.all([
+      instance?.stop(graceMs).catch((err: Error) => this.o.log.warn({ err: err.message }, 'stopping a VM failed')),
+      this.stopSidecars(rec, graceMs / 1000),
+    ]);
     this.kickQueue();
+  }
+
+  // ----- hybrid pods: the sidecar containers (src/runtime/sidecar-set.ts) -----
+
+  /** The VM container runs: its sidecars start (in the background: pulls may take a while). */
+  private startSidecars(rec: PodRecord, facts: EnvFacts): void {
+    if (rec.sidecars) return; // still running from before the VM was booted again
+    const set = this.sidecarSet(rec, facts);
+    rec.sidecars = set;
+    void set.start().catch((err: Error) => this.o.log.warn({ uid: rec.pod.metadata!.uid, err: err.message }, 'starting sidecars failed'));
+  }
+
+  private sidecarSet(rec: PodRecord, facts: EnvFacts): SidecarSet {
+    const pod = rec.pod;
+    const uid = pod.metadata!.uid!;
+    const set: SidecarSet = new SidecarSet({
+      engine: () => this.engine(), pod, hostIP: this.o.hostIP, log: this.o.log,
+      ...(this.o.restartBackoff ? { restartBackoff: this.o.restartBackoff } : {}),
+      event: (type, reason, message) => this.o.event(rec.pod, type, reason, message),
+      changed: () => {
+        if (rec.sidecars !== set) return;
+        rec.state = { ...rec.state, sidecars: set.states() };
+        this.o.changed(uid);
+      },
+      env: (c) => resolveEnv(rec.pod, c, this.o.lookups, facts),
+      mounts: async (c, env) => (await this.volumes.prepare(rec.pod, [c], facts, env)).map((v) => ({
+        hostPath: v.subPath ? path.join(v.share.hostPath, v.subPath) : v.share.hostPath, containerPath: v.mountPath, readOnly: v.readOnly,
+      })),
+      pullSecrets: () => this.pullSecrets(rec.pod),
+    });
+    rec.state = { ...rec.state, sidecars: set.states() };
+    return set;
+  }
+
+  /** The pod's sidecars are stopped within `graceSeconds` and removed from the engine. */
+  private async stopSidecars(rec: PodRecord, graceSeconds: number): Promise<void> {
+    const set = rec.sidecars;
+    if (!set) return;
+    rec.sidecars = undefined;
+    await set.stop(Math.max(1, graceSeconds)).catch((err: Error) => this.o.log.warn({ uid: rec.pod.metadata!.uid, err: err.message }, 'stopping sidecars failed'));
+    const states = set.states().map((st) => (st.state.kind === 'running'
+      ? { ...st, ready: false, started: false, state: { kind: 'terminated' as const, exitCode: 143, reason: 'Completed', startedAt: st.state.startedAt, finishedAt: new Date() } }
+      : { ...st, ready: false }));
+    rec.state = { ...rec.state, sidecars: states };
   }
 
   /** A slot freed: the first waiting pod gets another sync. */
@@ -789,7 +879,7 @@ export class PodRuntime implements KubeletProvider {
         removed.push(uid);
         continue;
       }
-      const container = pod.spec!.containers[0]!;
+      const container = vmContainer(pod);
       const startedAt = new Date(meta.startedAt ?? Date.now());
       const rec: PodRecord = {
         pod,
@@ -808,6 +898,12 @@ export class PodRuntime implements KubeletProvider {
       };
       this.pods.set(uid, rec);
       this.watch(rec, instance);
+      if (sidecarContainers(pod).length > 0) {
+        // Running sidecars are kept (same engine containers), exited ones restarted.
+        const set = this.sidecarSet(rec, { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP });
+        rec.sidecars = set;
+        void set.adopt().catch((err: Error) => this.o.log.warn({ uid, err: err.message }, 'adopting sidecars failed'));
+      }
       // Probes start over, as after a kubelet restart: readiness keeps its last verdict until the first
       // result (the pod stays Ready meanwhile).
       this.startProbes(rec, instance, startedAt);
@@ -843,9 +939,13 @@ export class PodRuntime implements KubeletProvider {
   }
 
   async exec(pod: V1Pod, container: string, command: string[], opts: StreamOptions): Promise<StreamedProcess> {
-    const { rec, instance } = this.running(pod, container);
     if (command.length === 0) throw new KubeletError(400, 'BadRequest', 'you must specify a command to run');
-    const c = rec.pod.spec!.containers[0]!;
+    const set = this.sidecarOf(pod, container);
+    if (set) return set.exec(container, command, opts).catch((err: unknown) => {
+      throw engineToKubelet(err, `exec of ${JSON.stringify(command[0])} in container "${container}"`);
+    });
+    const { rec, instance } = this.running(pod, container);
+    const c = vmContainer(rec.pod);
     return instance.agent.exec({
       argv: command, stdin: opts.stdin, ...(rec.env ? { env: rec.env } : {}), ...(c.workingDir ? { cwd: c.workingDir } : {}),
       ...(opts.tty ? { tty: { rows: opts.size?.rows ?? 24, cols: opts.size?.cols ?? 80 } } : {}),
@@ -855,6 +955,10 @@ export class PodRuntime implements KubeletProvider {
   }
 
   async attach(pod: V1Pod, container: string, opts: StreamOptions): Promise<StreamedProcess> {
+    const set = this.sidecarOf(pod, container);
+    if (set) return set.attach(container, opts).catch((err: unknown) => {
+      throw engineToKubelet(err, `attach to container "${container}"`);
+    });
     const { rec, instance } = this.running(pod, container);
     const c = specContainer(rec.pod, container)!;
     if (!c.command?.length && !c.args?.length) {
@@ -869,6 +973,22 @@ export class PodRuntime implements KubeletProvider {
   async logs(pod: V1Pod, container: string, opts: ContainerLogOptions): Promise<Readable> {
     const rec = this.record(pod, container);
     const where = `container "${container}" in pod "${pod.metadata!.name}"`;
+    const set = this.sidecarOf(pod, container);
+    if (set) {
+      const id = set.containerId(container, opts.previous === true);
+      if (!id) {
+        const s = set.stateOf(container).state;
+        if (opts.previous) throw new KubeletError(400, 'BadRequest', `previous terminated container "${container}" in pod "${pod.metadata!.name}" not found`);
+        throw new KubeletError(400, 'BadRequest', `${where} ${s.kind === 'waiting' ? `is waiting to start: ${s.reason}` : 'has no container'}`);
+      }
+      return set.logs(id, {
+        ...(opts.follow && !opts.previous ? { follow: true } : {}), ...(opts.tailLines !== undefined ? { tailLines: opts.tailLines } : {}),
+        ...(opts.sinceTime ? { sinceTime: opts.sinceTime } : {}), ...(opts.timestamps ? { timestamps: true } : {}),
+        ...(opts.limitBytes !== undefined ? { limitBytes: opts.limitBytes } : {}), ...(opts.stream ? { stream: opts.stream } : {}),
+      }).catch((err: unknown) => {
+        throw engineToKubelet(err, `logs of ${where}`);
+      });
+    }
     const instance = rec.instance;
     if (!instance) {
       const s = rec.state.container.state;
@@ -928,6 +1048,16 @@ export class PodRuntime implements KubeletProvider {
     return rec;
   }
 
+  /** The pod's sidecar set when `container` names one of its sidecars (404 for an unknown name). */
+  private sidecarOf(pod: V1Pod, container: string): SidecarSet | undefined {
+    const rec = this.record(pod, container);
+    if (!isSidecar(rec.pod, container)) return undefined;
+    if (!rec.sidecars || rec.removing) {
+      throw new KubeletError(400, 'BadRequest', `container "${container}" in pod "${pod.metadata!.name}" is not running (its sidecars are not started${rec.state.waiting ? `: ${rec.state.waiting.reason}` : ''})`);
+    }
+    return rec.sidecars;
+  }
+
   private running(pod: V1Pod, container: string): { rec: PodRecord; instance: VmInstance } {
     const rec = this.record(pod, container);
     if (!rec.instance || rec.removing) {
@@ -975,9 +1105,14 @@ function completedInit(ic: V1Container, pod: V1Pod, uid: string, imageDigest: st
   };
 }
 
-/** The VM container or one of the init containers (which run in the same VM), by name. */
+/** A container of the pod by name: the VM container, an init container (they run in the same VM) or a sidecar. */
 function specContainer(pod: V1Pod, name: string): V1Container | undefined {
-  return [...(pod.spec?.containers.slice(0, 1) ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === name);
+  return [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === name);
+}
+
+/** Is `name` one of the pod's sidecar containers (not the VM container)? */
+function isSidecar(pod: V1Pod, name: string): boolean {
+  return sidecarContainers(pod).some((c) => c.name === name);
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
@@ -1014,6 +1149,23 @@ function waitForMainExit(instance: VmInstance, id: string, signal: AbortSignal):
     signal.addEventListener('abort', onAbort, { once: true });
     void instance.vm.exited.then(() => done(undefined));
   });
+}
+
+/** The VM container's containerPorts, forwarded from the pod IP (the host's) so that sidecars reach the VM there. */
+function vmPortForwards(c: V1Container, hostIP: string): PortForward[] {
+  return (c.ports ?? []).filter((p) => p.containerPort > 0).map((p) => ({
+    protocol: p.protocol === 'UDP' ? 'udp' as const : 'tcp' as const, hostAddress: hostIP, hostPort: p.containerPort, guestPort: p.containerPort,
+  }));
+}
+
+/** A sidecar engine failure as the kubelet API answers it. */
+function engineToKubelet(err: unknown, what: string): KubeletError {
+  if (err instanceof KubeletError) return err;
+  if (err instanceof SidecarEngineError) {
+    const status = err.reason === 'NotFound' ? 404 : err.reason === 'Conflict' || err.reason === 'InvalidSpec' ? 400 : 500;
+    return new KubeletError(status, status === 404 ? 'NotFound' : status === 400 ? 'BadRequest' : 'InternalError', `${what}: ${err.message}`);
+  }
+  return new KubeletError(500, 'InternalError', `${what}: ${(err as Error).message}`);
 }
 
 /** An agent failure as the kubelet API answers it: the agent's reason kept in the message. */

@@ -9,6 +9,7 @@ import { ensureTestGuest } from '../guest/build.ts';
 import { guestImageSource, importArgs } from '../guest/image.ts';
 import { startCluster, type Cluster } from './cluster.ts';
 import { waitFor } from './processes.ts';
+import { startPodman, type Podman } from './podman.ts';
 import { startRegistry, type Registry } from './registry.ts';
 import { killVmProcessesUnder, runVmlet, vmProcessesUnder, VmletProcess } from './vmlet.ts';
 
@@ -16,6 +17,16 @@ export interface VmPodsOptions {
   nodeName: string;
   /** Extra `vmlet run` flags. */
   vmletArgs?: string[];
+  /**
+   * Hybrid pods: a podman Docker-API service (test/harness/podman.ts) with the test registry as insecure,
+   * vmlet's --sidecar-engine on its socket, and a busybox image pushed to the registry (`busybox`).
+   */
+  podman?: boolean;
+  /**
+   * The Node's IP (the pod IP) instead of 127.0.0.1: an address of this host that containers on the
+   * engine's bridge network reach; the kubelet API then listens on all addresses, its certificate names it.
+   */
+  nodeIp?: string;
 }
 
 export class VmPods {
@@ -27,31 +38,44 @@ export class VmPods {
     readonly image: string,
     readonly nodeName: string,
     private readonly vmletArgs: string[],
+    private readonly extraSans: string[] = [],
+    /** With `podman`: the engine, and the busybox image in the registry. */
+    readonly podman?: Podman,
+    readonly busybox?: string,
   ) {}
 
   static async start(opts: VmPodsOptions): Promise<VmPods> {
     const guest = await ensureTestGuest();
     const [cluster, registry] = await Promise.all([startCluster(), startRegistry({})]);
+    let podman: Podman | undefined;
     try {
+      // After the registry: podman reads its insecure-registry list when it starts.
+      podman = opts.podman ? await startPodman({ insecureRegistries: [registry.host] }) : undefined;
+      const busybox = podman ? await podman.buildBusyboxImage(registry) : undefined;
       const build = path.join(cluster.dir, 'build-store');
       assert.equal((await runVmlet([...importArgs('guest:1', await guestImageSource(guest)), `--store=${build}`], {}, 240_000)).code, 0);
       const image = `${registry.host}/vmlet/test-guest:1`;
       assert.equal((await runVmlet(['image', 'push', 'guest:1', image, `--store=${build}`], {}, 240_000)).code, 0);
       const sa = await cluster.kubectl(['create', 'serviceaccount', 'default']);
       assert.equal(sa.code, 0, sa.stderr);
-      const args = opts.vmletArgs ?? [];
-      const vmlet = await VmPods.startVmlet(cluster, opts.nodeName, args);
-      return new VmPods(cluster, registry, vmlet, image, opts.nodeName, args);
+      const args = [
+        ...(opts.nodeIp ? [`--node-ip=${opts.nodeIp}`, '--kubelet-address=0.0.0.0'] : []),
+        ...(podman ? [`--sidecar-engine=${podman.dockerHost}`] : []),
+        ...(opts.vmletArgs ?? []),
+      ];
+      const sans = opts.nodeIp ? [opts.nodeIp] : [];
+      const vmlet = await VmPods.startVmlet(cluster, opts.nodeName, args, sans);
+      return new VmPods(cluster, registry, vmlet, image, opts.nodeName, args, sans, podman, busybox);
     } catch (err) {
-      await Promise.all([cluster.stop(), registry.stop()]);
+      await Promise.all([cluster.stop(), registry.stop(), podman?.stop()]);
       throw err;
     }
   }
 
-  private static async startVmlet(cluster: Cluster, nodeName: string, args: string[]): Promise<VmletProcess> {
+  private static async startVmlet(cluster: Cluster, nodeName: string, args: string[], extraSans: string[] = []): Promise<VmletProcess> {
     // With the cluster's kubelet TLS (serving certificate, client CA), so that kubectl logs/exec reach it.
     const dir = path.join(cluster.dir, nodeName);
-    const vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(nodeName), nodeName, dir, args: [...(await cluster.kubeletTlsArgs(dir)), ...args] });
+    const vmlet = await VmletProcess.start({ kubeconfig: await cluster.nodeKubeconfig(nodeName), nodeName, dir, args: [...(await cluster.kubeletTlsArgs(dir, extraSans)), ...args] });
     await vmlet.waitUntilUp(120_000);
     return vmlet;
   }
@@ -59,13 +83,13 @@ export class VmPods {
   /** kill -9 of vmlet, and a new one on the same directories (its VMs keep running). */
   async restartVmlet(): Promise<void> {
     await this.vmlet.signal('SIGKILL');
-    this.vmlet = await VmPods.startVmlet(this.cluster, this.nodeName, this.vmletArgs);
+    this.vmlet = await VmPods.startVmlet(this.cluster, this.nodeName, this.vmletArgs, this.extraSans);
   }
 
   async stop(): Promise<void> {
     await this.vmlet.stop().catch(() => undefined);
     await killVmProcessesUnder(this.vmlet.dir);
-    await Promise.all([this.cluster.stop(), this.registry.stop()]);
+    await Promise.all([this.cluster.stop(), this.registry.stop(), this.podman?.stop()]);
   }
 
   /** kubectl that must succeed; its stdout. */

@@ -1,0 +1,304 @@
+// The sidecar containers of one hybrid pod (issue 8): every container of spec.containers but the VM
+// container runs on the node's Docker-API engine (src/sidecars/). A SidecarSet pulls, creates and starts
+// them once the VM container runs, restarts them after an exit with their own crash-loop back-off (each run
+// a new engine container, restartCount + 1, as the kubelet does), takes running ones over after a vmlet
+// restart (engine.list(podUid)), and stops and removes them when the pod goes. PodRuntime owns the VM;
+// this module owns the sidecars and tells PodRuntime when their states changed.
+//
+// Networking: the first sidecar is on the engine's bridge network with its containerPorts published on the
+// pod IP (the host's); the others join its network namespace (`container:<id>`), so `localhost` is shared
+// between sidecars, and the VM and the sidecars reach each other on the pod IP.
+import type { V1Container, V1Pod } from '@kubernetes/client-node';
+import type { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { PullSecret } from '../images/registry/credentials.ts';
+import type { Logger } from '../observability/log.ts';
+import type { SidecarEngine, SidecarSummary } from '../sidecars/engine.ts';
+import { SidecarEngineError, SidecarEngineUnavailable } from '../sidecars/errors.ts';
+import type { SidecarMount } from '../sidecars/spec.ts';
+import type { SidecarProcess, SidecarStreamOptions } from '../sidecars/streams.ts';
+import { expand } from './pod/env.ts';
+import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
+import type { ContainerRuntimeState } from './pod/status.ts';
+import { sidecarContainers } from './pod/validate.ts';
+
+export interface SidecarSetOptions {
+  /** The engine, connected on first use (SidecarEngineUnavailable when it does not answer). */
+  engine(): Promise<SidecarEngine>;
+  pod: V1Pod;
+  /** The pod IP (the host's): the first sidecar's ports are published on it. */
+  hostIP: string;
+  log: Logger;
+  restartBackoff?: RestartBackoffOptions;
+  event(type: 'Normal' | 'Warning', reason: string, message: string): void;
+  /** A sidecar's state changed: post the pod's status. */
+  changed(): void;
+  /** The container's resolved environment (pod/env.ts resolveEnv). */
+  env(c: V1Container): Promise<Record<string, string>>;
+  /** Host directories of the volumes the container mounts (pod-volumes.ts prepare()). */
+  mounts(c: V1Container, env: Record<string, string>): Promise<SidecarMount[]>;
+  /** The pod's imagePullSecrets, as Secrets. */
+  pullSecrets(): Promise<PullSecret[]>;
+}
+
+interface Member {
+  container: V1Container;
+  state: ContainerRuntimeState;
+  /** The engine container of the current run, and the one before it (for logs --previous). */
+  id?: string;
+  previousId?: string;
+  backoff: RestartBackoff;
+}
+
+export class SidecarSet {
+  private readonly members: Member[];
+  private readonly done = new AbortController();
+
+  constructor(private readonly o: SidecarSetOptions) {
+    this.members = sidecarContainers(o.pod).map((c) => ({
+      container: c,
+      state: { name: c.name, image: c.image ?? '', state: { kind: 'waiting', reason: 'ContainerCreating' }, ready: false, started: false, restartCount: 0 },
+      backoff: new RestartBackoff(o.restartBackoff),
+    }));
+  }
+
+  /** The sidecars' states, in spec order (copies). */
+  states(): ContainerRuntimeState[] {
+    return this.members.map((m) => ({ ...m.state }));
+  }
+
+  has(name: string): boolean {
+    return this.members.some((m) => m.container.name === name);
+  }
+
+  /** Starts every sidecar, in spec order (the first one's network is the others'); resolves once each has had its first try. */
+  async start(): Promise<void> {
+    for (const m of this.members) {
+      if (this.done.signal.aborted) return;
+      await this.run(m);
+    }
+  }
+
+  /**
+   * After a vmlet restart: the pod's containers on the engine; a running current one is kept (not
+   * restarted), an exited one is restarted (restartCount + 1), a missing one started.
+   */
+  async adopt(): Promise<void> {
+    let found: SidecarSummary[];
+    try {
+      found = await (await this.o.engine()).list(this.o.pod.metadata!.uid);
+    } catch (err) {
+      this.o.log.warn({ uid: this.o.pod.metadata!.uid, err: (err as Error).message }, 'listing the sidecars of an adopted pod failed');
+      found = [];
+    }
+    for (const m of this.members) {
+      const mine = found.filter((s) => s.containerName === m.container.name).sort((a, b) => b.restartCount - a.restartCount);
+      const current = mine[0];
+      if (current?.engineState === 'running') {
+        m.id = current.id;
+        m.previousId = mine[1]?.id;
+        const engine = await this.o.engine();
+        const s = await engine.inspect(current.id).catch(() => undefined);
+        m.state = {
+          ...m.state, restartCount: current.restartCount, containerID: `docker://${current.id}`, imageID: s?.imageID ?? '',
+          state: { kind: 'running', startedAt: s?.startedAt ?? current.created }, ready: true, started: true,
+        };
+        this.watch(m, current.id);
+        continue;
+      }
+      if (current) {
+        m.previousId = current.id;
+        m.state = { ...m.state, restartCount: current.restartCount + 1 };
+      }
+      await this.run(m);
+    }
+    this.o.changed();
+  }
+
+  /** The pod goes: every sidecar is stopped within `graceSeconds` (in parallel), then removed. */
+  async stop(graceSeconds: number): Promise<void> {
+    this.done.abort();
+    let engine: SidecarEngine;
+    try {
+      engine = await this.o.engine();
+    } catch {
+      return;
+    }
+    const uid = this.o.pod.metadata!.uid!;
+    await Promise.all(this.members.map(async (m) => {
+      if (!m.id) return;
+      await engine.stop(m.id, graceSeconds).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, `stopping sidecar ${m.container.name} failed`));
+    }));
+    const all = await engine.list(uid).catch(() => []);
+    await Promise.all(all.map((s) => engine.remove(s.id, { force: true }).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, `removing sidecar ${s.engineName} failed`))));
+  }
+
+  // ----- the kubelet API -----
+
+  private member(name: string): Member {
+    const m = this.members.find((x) => x.container.name === name);
+    if (!m) throw new Error(`no sidecar ${name}`);
+    return m;
+  }
+
+  /** The engine container of the current run (or the previous one), or the container's waiting reason. */
+  containerId(name: string, previous = false): string | undefined {
+    const m = this.member(name);
+    return previous ? m.previousId : m.id;
+  }
+
+  stateOf(name: string): ContainerRuntimeState {
+    return this.member(name).state;
+  }
+
+  async exec(name: string, command: string[], opts: SidecarStreamOptions): Promise<SidecarProcess> {
+    const m = this.member(name);
+    if (!m.id || m.state.state.kind !== 'running') throw new SidecarEngineError('Conflict', `container "${name}" is not running`);
+    return (await this.o.engine()).exec(m.id, command, opts);
+  }
+
+  async attach(name: string, opts: SidecarStreamOptions): Promise<SidecarProcess> {
+    const m = this.member(name);
+    if (!m.id || m.state.state.kind !== 'running') throw new SidecarEngineError('Conflict', `container "${name}" is not running`);
+    return (await this.o.engine()).attach(m.id, opts);
+  }
+
+  async logs(id: string, opts: Parameters<SidecarEngine['logs']>[1]): Promise<Readable> {
+    return (await this.o.engine()).logs(id, opts);
+  }
+
+  // ----- one run of a sidecar -----
+
+  private set(m: Member, state: Partial<ContainerRuntimeState>): void {
+    m.state = { ...m.state, ...state };
+    this.o.changed();
+  }
+
+  /** One run: pull, create, start, watch. A failure waits with its reason and is tried again after the back-off. */
+  private async run(m: Member): Promise<void> {
+    const c = m.container;
+    const pod = this.o.pod;
+    const uid = pod.metadata!.uid!;
+    const signal = this.done.signal;
+    let created: string | undefined;
+    try {
+      const engine = await this.o.engine();
+      await this.pull(engine, m);
+      if (signal.aborted) return;
+      const env = await this.o.env(c);
+      const vars = new Map(Object.entries(env));
+      const first = this.members[0]!;
+      let networkMode = 'bridge';
+      if (m !== first) {
+        // The others share the first one's network namespace: wait for it to run.
+        while (!first.id || first.state.state.kind !== 'running') {
+          if (signal.aborted) return;
+          await delay(500, undefined, { signal }).catch(() => undefined);
+        }
+        networkMode = `container:${first.id}`;
+      }
+      const mounts = await this.o.mounts(c, env);
+      const out = await engine.create({
+        pod: { namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid },
+        container: c,
+        ...(pod.spec?.securityContext ? { podSecurityContext: pod.spec.securityContext } : {}),
+        env: Object.entries(env).map(([name, value]) => ({ name, value })),
+        ...(c.command ? { command: c.command.map((x) => expand(x, vars)) } : {}),
+        ...(c.args ? { args: c.args.map((x) => expand(x, vars)) } : {}),
+        restartCount: m.state.restartCount,
+        mounts,
+        networkMode,
+        publishOn: this.o.hostIP,
+        hostname: pod.spec?.hostname ?? pod.metadata!.name!,
+      });
+      created = out.id;
+      if (m.state.restartCount === 0) for (const why of out.ignored) this.o.event('Warning', 'UnsupportedPodSpecField', `container ${c.name}: ${why}`);
+      if (signal.aborted) {
+        await engine.remove(out.id, { force: true }).catch(() => undefined);
+        return;
+      }
+      this.o.event('Normal', 'Created', `Created container ${c.name} (engine container ${out.name})`);
+      await engine.start(out.id);
+      const s = await engine.inspect(out.id);
+      // The one before the previous run is not needed any more (the kubelet keeps one previous).
+      const stale = m.previousId;
+      m.previousId = m.id ?? m.previousId;
+      if (stale && stale !== m.previousId) await engine.remove(stale, { force: true }).catch(() => undefined);
+      m.id = out.id;
+      this.set(m, {
+        containerID: s.containerID, imageID: s.imageID,
+        state: { kind: 'running', startedAt: s.startedAt ?? new Date() }, ready: true, started: true,
+      });
+      this.o.event('Normal', 'Started', `Started container ${c.name}`);
+      this.watch(m, out.id);
+    } catch (err) {
+      if (signal.aborted) return;
+      const e = err as Error;
+      const reason = err instanceof SidecarEngineUnavailable ? 'SidecarEngineUnavailable'
+        : err instanceof SidecarEngineError ? (err.reason === 'ErrImagePull' ? (m.state.state.kind === 'waiting' && ['ErrImagePull', 'ImagePullBackOff'].includes(m.state.state.reason) ? 'ImagePullBackOff' : 'ErrImagePull') : err.reason === 'InvalidSpec' ? 'CreateContainerConfigError' : 'CreateContainerError')
+        : 'CreateContainerError';
+      const message = e.message.split('\n')[0]!;
+      this.o.log.warn({ uid, container: c.name, err: message }, 'starting a sidecar failed');
+      this.o.event('Warning', reason === 'SidecarEngineUnavailable' ? 'SidecarEngineUnavailable' : 'Failed', `Error: container ${c.name}: ${message}`);
+      if (created) {
+        const engine = await this.o.engine().catch(() => undefined);
+        await engine?.remove(created, { force: true }).catch(() => undefined);
+      }
+      this.set(m, { state: { kind: 'waiting', reason, message }, ready: false, started: false });
+      const wait = Math.max(m.backoff.next(0), 1000);
+      void delay(wait, undefined, { signal }).then(() => this.run(m), () => undefined);
+    }
+  }
+
+  /** imagePullPolicy as the kubelet: Always pulls, IfNotPresent pulls a missing image, Never never does. */
+  private async pull(engine: SidecarEngine, m: Member): Promise<void> {
+    const ref = m.container.image!;
+    const policy = m.container.imagePullPolicy ?? (ref.endsWith(':latest') || !ref.split('/').pop()!.includes(':') ? 'Always' : 'IfNotPresent');
+    if (policy !== 'Always' && (await engine.hasImage(ref))) {
+      if (m.state.restartCount === 0) this.o.event('Normal', 'Pulled', `Container image "${ref}" already present on machine`);
+      return;
+    }
+    if (policy === 'Never') throw new SidecarEngineError('InvalidSpec', `Container image "${ref}" is not present with pull policy of Never`);
+    this.o.event('Normal', 'Pulling', `Pulling image "${ref}"`);
+    const started = Date.now();
+    const pullSecrets = await this.o.pullSecrets();
+    await engine.pull(ref, { ...(pullSecrets.length ? { pullSecrets } : {}), signal: this.done.signal });
+    this.o.event('Normal', 'Pulled', `Successfully pulled image "${ref}" in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  }
+
+  /** The run's exit goes through the pod's restart policy, with the sidecar's own back-off. */
+  private watch(m: Member, id: string): void {
+    const signal = this.done.signal;
+    void (async () => {
+      const engine = await this.o.engine();
+      const { exitCode } = await engine.wait(id, signal);
+      if (signal.aborted || m.id !== id) return;
+      const s = await engine.inspect(id).catch(() => undefined);
+      const started = m.state.state.kind === 'running' ? m.state.state.startedAt : s?.startedAt;
+      const finishedAt = s?.finishedAt ?? new Date();
+      const reason = s?.oomKilled ? 'OOMKilled' : exitCode === 0 ? 'Completed' : 'Error';
+      const terminated = { exitCode, reason, ...(started ? { startedAt: started } : {}), finishedAt };
+      const policy = this.o.pod.spec?.restartPolicy ?? 'Always';
+      const name = m.container.name;
+      if (!(policy === 'Always' || (policy === 'OnFailure' && exitCode !== 0))) {
+        this.set(m, { state: { kind: 'terminated', ...terminated }, ready: false, started: false });
+        return;
+      }
+      const wait = m.backoff.next(started ? finishedAt.getTime() - started.getTime() : 0);
+      const podKey = `${this.o.pod.metadata!.name}_${this.o.pod.metadata!.namespace}(${this.o.pod.metadata!.uid})`;
+      this.set(m, {
+        lastTermination: terminated, ready: false, started: false,
+        state: wait > 0 ? { kind: 'waiting', reason: 'CrashLoopBackOff', message: `back-off ${RestartBackoff.format(wait)} restarting failed container=${name} pod=${podKey}` } : { kind: 'terminated', ...terminated },
+      });
+      if (wait > 0) this.o.event('Warning', 'BackOff', `Back-off restarting failed container ${name} in pod ${podKey}`);
+      await delay(wait, undefined, { signal }).catch(() => undefined);
+      if (signal.aborted) return;
+      m.state = { ...m.state, restartCount: m.state.restartCount + 1 };
+      await this.run(m);
+    })().catch((err: Error) => {
+      if (signal.aborted) return;
+      this.o.log.warn({ uid: this.o.pod.metadata!.uid, container: m.container.name, err: err.message }, 'watching a sidecar failed');
+      this.set(m, { state: { kind: 'waiting', reason: 'SidecarEngineUnavailable', message: err.message }, ready: false, started: false });
+    });
+  }
+}
