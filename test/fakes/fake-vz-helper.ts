@@ -4,10 +4,13 @@
 // spawn, the control socket and re-attach, requests and events, the exit file, the vsock proxy socket
 // (here a "guest agent" that echoes), the console file, and the error mapping.
 //
-// Knobs (environment): FAKE_VZ_LIMIT=1 fails start with VZErrorDomain code 6 (the two-VM limit);
-// FAKE_VZ_IGNORE_STOP=1 accepts `stop` but the "guest" never powers off. Test-only request:
-// {"op":"_guestPowerOff"} makes the "guest" power off on its own.
-import { appendFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+// Simulated host: FAKE_VZ_HOST_DIR names a directory shared by the fake helpers of one "Mac"; each running
+// macOS guest holds a file there, and a third macOS guest fails to start with VZErrorDomain code 6 (the
+// two-VM limit), as Virtualization.framework does. Knobs (environment): FAKE_VZ_LIMIT=1 fails every start
+// with code 6; FAKE_VZ_IGNORE_STOP=1 accepts `stop` but the "guest" never powers off. Test-only requests:
+// {"op":"_guestPowerOff"} makes the "guest" power off on its own; {"op":"_crash"} makes the VM stop with
+// an error (Virtualization.framework's didStopWithError), after which the helper exits 1.
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { LineDecoder, PROTOCOL_VERSION, startConfigSchema, type HelperState, type StopCause } from '../../src/drivers/vz/protocol.ts';
@@ -38,11 +41,31 @@ const setState = (next: HelperState): void => {
 };
 const vzError = (code: number, name: string, message: string) => ({ name, message, domain: 'VZErrorDomain', code });
 
-function stopped(cause: StopCause, exitCode = 0): void {
+const MACOS_VM_LIMIT = 2;
+const hostDir = process.env.FAKE_VZ_HOST_DIR;
+const hostSlot = hostDir ? path.join(hostDir, `macos-vm-${process.pid}`) : undefined;
+/** macOS guests of other fake helpers on this simulated host that are still running. */
+function otherMacOSVms(): number {
+  if (!hostDir) return 0;
+  mkdirSync(hostDir, { recursive: true });
+  return readdirSync(hostDir).filter((f) => {
+    const pid = Number(/^macos-vm-(\d+)$/.exec(f)?.[1]);
+    if (!pid || pid === process.pid) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+function stopped(cause: StopCause, exitCode = 0, error?: { name: string; message: string; domain?: string; code?: number }): void {
   state = 'stopped';
+  if (hostSlot) rmSync(hostSlot, { force: true });
   broadcast({ event: 'state', state });
-  broadcast({ event: 'stopped', cause });
-  writeFileSync(exitFile, JSON.stringify({ v: PROTOCOL_VERSION, cause, at: new Date().toISOString() }));
+  broadcast({ event: 'stopped', cause, ...(error ? { error } : {}) });
+  writeFileSync(exitFile, JSON.stringify({ v: PROTOCOL_VERSION, cause, ...(error ? { error } : {}), at: new Date().toISOString() }));
   if (consoleFile) appendFileSync(consoleFile, `fake-vz: stopped (${cause})\n`);
   for (const v of vsockServers) v.close();
   const quit = (): void => {
@@ -63,11 +86,12 @@ async function handle(req: Record<string, unknown>): Promise<Answer> {
       if (state !== 'idle') return { error: vzError(3, 'InvalidVirtualMachineState', `cannot start in state ${state}`) };
       const parsed = startConfigSchema.safeParse(req.config);
       if (!parsed.success) return { error: { name: 'BadRequest', message: parsed.error.issues[0]?.message ?? 'bad config' } };
-      if (process.env.FAKE_VZ_LIMIT === '1') {
+      if (process.env.FAKE_VZ_LIMIT === '1' || (parsed.data.boot.kind === 'macos' && otherMacOSVms() >= MACOS_VM_LIMIT)) {
         setTimeout(() => process.exit(1), 50);
         return { error: vzError(6, 'VirtualMachineLimitExceeded', 'The number of virtual machines exceeds the limit the system can support.') };
       }
       const config = parsed.data;
+      if (hostSlot && config.boot.kind === 'macos') writeFileSync(hostSlot, '');
       consoleFile = config.console;
       setState(typeof req.restoreFrom === 'string' ? 'restoring' : 'starting');
       if (typeof req.restoreFrom === 'string' && readFileSync(req.restoreFrom, 'utf8') !== 'fake-vz-state') {
@@ -93,6 +117,9 @@ async function handle(req: Record<string, unknown>): Promise<Answer> {
       return { result: {} };
     case '_guestPowerOff':
       setTimeout(() => stopped(stopRequested ? 'requested' : 'guest'), 10);
+      return { result: {} };
+    case '_crash':
+      setTimeout(() => stopped('error', 1, vzError(1, 'InternalError', 'The virtual machine stopped unexpectedly.')), 10);
       return { result: {} };
     case 'pause':
       if (state !== 'running') return { error: vzError(4, 'InvalidVirtualMachineStateTransition', `cannot pause in state ${state}`) };
