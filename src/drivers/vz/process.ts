@@ -1,31 +1,18 @@
 // The helper process as thin, portable I/O: a detached spawn (its own session, so the VM outlives
 // vmlet), who a pid is (start time: /proc on Linux, where the tests run the fake helper; `ps` on macOS),
 // signals only to the process recorded, and its CPU and memory.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { parseProcStat } from '../common/proc.ts';
+import { signalIfAlive, spawnDetachedChild } from '../common/spawn.ts';
 import type { VzProcess } from './state.ts';
 
 const run = promisify(execFile);
 
-/** Starts argv detached, stdin from /dev/null, stdout and stderr appended to logFile. */
+/** Starts argv detached (../common/spawn.ts), stdin from /dev/null, stdout and stderr appended to logFile. */
 export async function spawnHelper(argv: string[], logFile: string, env?: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; record: VzProcess }> {
-  const [command, ...args] = argv;
-  if (!command) throw new Error('spawnHelper: empty argv');
-  const fd = openSync(logFile, 'a');
-  let child: ChildProcess;
-  try {
-    child = spawn(command, args, { detached: true, stdio: ['ignore', fd, fd], ...(env ? { env } : {}) });
-  } finally {
-    closeSync(fd);
-  }
-  if (child.pid === undefined) {
-    const err = await new Promise<Error>((resolve) => child.once('error', resolve));
-    throw new Error(`cannot start the vz helper ${command}: ${err.message}`);
-  }
-  child.on('error', () => {});
+  const child = await spawnDetachedChild(argv, logFile, { ...(env ? { env } : {}), what: 'the vz helper ' });
   return { child, record: { pid: child.pid, startTime: (await startTimeOf(child.pid)) ?? '0', argv } };
 }
 
@@ -64,13 +51,7 @@ export async function helperAlive(rec: VzProcess): Promise<boolean> {
 
 /** Signals the recorded helper, only while it is still that process. */
 export async function signalHelper(rec: VzProcess, sig: NodeJS.Signals): Promise<boolean> {
-  if (!(await helperAlive(rec))) return false;
-  try {
-    process.kill(rec.pid, sig);
-    return true;
-  } catch {
-    return false;
-  }
+  return signalIfAlive(rec.pid, () => helperAlive(rec), sig);
 }
 
 /** `ps` cputime ("[[dd-]hh:]mm:ss[.ss]") in seconds. */

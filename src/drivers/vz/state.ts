@@ -1,14 +1,14 @@
 // The vz driver's vm.json and how an exit is classified, pure. Same ideas as the QEMU driver's
-// (src/drivers/qemu/state.ts): the spec, the helper process (pid + start time, so a reused pid is never
-// adopted or signalled), what vmlet asked for, the helper's last `stopped` event, and the exit.
+// (src/drivers/qemu/state.ts), with the same shared parts (../common/record.ts: the spec, the state, the
+// intent, the exit): the helper process (pid + start time, so a reused pid is never adopted or signalled),
+// what vmlet asked for, the helper's last `stopped` event, and the exit.
 import { z } from 'zod';
 import type { VmExit, VmSpec } from '../hypervisor.ts';
-import { vmRecordSchema as qemuRecordSchema } from '../qemu/state.ts';
+import { exitSchema, intentSchema, parseJsonRecord, serializeJsonRecord, specSchema, StateError, vmStateSchema } from '../common/record.ts';
 import { describeHelperError, STOP_CAUSES, type HelperError, type StopCause } from './protocol.ts';
 
 export const VZ_STATE_VERSION = 1;
 
-const specSchema = qemuRecordSchema.shape.spec;
 const helperErrorSchema = z.object({ name: z.string(), message: z.string(), domain: z.string().optional(), code: z.number().int().optional() });
 
 const processSchema = z.object({
@@ -22,22 +22,16 @@ export const vzRecordSchema = z.object({
   version: z.literal(VZ_STATE_VERSION),
   driver: z.literal('vz'),
   spec: specSchema,
-  state: z.enum(['created', 'starting', 'running', 'paused', 'stopping', 'exited']),
+  state: vmStateSchema,
   /** The MAC the VM's NIC has (derived from the id: config.ts macForId). */
   mac: z.string(),
   sockets: z.object({ control: z.string(), agent: z.string() }),
   consoleLog: z.string(),
   helper: processSchema.optional(),
-  intent: z.object({ kind: z.enum(['stop', 'kill']), message: z.string() }).optional(),
+  intent: intentSchema.optional(),
   /** The helper's `stopped` event for the current boot, once seen. */
   lastStop: z.object({ cause: z.enum(STOP_CAUSES), error: helperErrorSchema.optional() }).optional(),
-  exit: z.object({
-    reason: z.enum(['GuestShutdown', 'Stopped', 'Killed', 'Crashed', 'BootFailed', 'Lost']),
-    message: z.string(),
-    exitCode: z.number().int().nullable().optional(),
-    signal: z.string().nullable().optional(),
-    at: z.string(),
-  }).optional(),
+  exit: exitSchema.optional(),
   updatedAt: z.string(),
 });
 
@@ -45,7 +39,7 @@ export type VzRecord = z.infer<typeof vzRecordSchema>;
 export type VzProcess = z.infer<typeof processSchema>;
 export type VzIntent = NonNullable<VzRecord['intent']>;
 
-export class VzStateError extends Error {
+export class VzStateError extends StateError {
   override name = 'VzStateError';
 }
 
@@ -63,24 +57,17 @@ export function newVzRecord(spec: VmSpec, mac: string, paths: { control: string;
 }
 
 export function serializeVzRecord(record: VzRecord): string {
-  return `${JSON.stringify(record, null, 2)}\n`;
+  return serializeJsonRecord(record);
 }
 
 /** vm.json as a vz record; undefined when it is another driver's; VzStateError when it is broken. */
 export function parseVzRecord(text: string, file: string): VzRecord | undefined {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new VzStateError(`${file} is not JSON: ${(err as Error).message}`);
-  }
-  if (typeof raw === 'object' && raw !== null && (raw as { driver?: unknown }).driver !== 'vz') return undefined;
-  const parsed = vzRecordSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new VzStateError(`${file} is not a vz VM record: ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'invalid'}`);
-  }
-  return parsed.data;
+  return parseJsonRecord(text, file, {
+    schema: vzRecordSchema,
+    kind: 'vz',
+    makeError: (m) => new VzStateError(m),
+    accept: (raw) => !(typeof raw === 'object' && raw !== null && (raw as { driver?: unknown }).driver !== 'vz'),
+  });
 }
 
 /** What the helper leaves in helper-exit.json as it exits (docs/VZ-HELPER-PROTOCOL.md, "exit file"). */
