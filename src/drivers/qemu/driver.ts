@@ -15,14 +15,14 @@
 // QEMU's migration stream, so a restored guest's channel works again once the host reconnects. Its costs:
 // one host connection at a time (the runtime multiplexes over it) and a port name, not an address, in the
 // guest. See src/drivers/README.md.
-import { access, constants, readdir } from 'node:fs/promises';
-import { VmError, type Hypervisor, type Vm, type VmSpec } from '../hypervisor.ts';
+import type { Hypervisor, Vm, VmSpec } from '../hypervisor.ts';
+import { silentLogger, type DriverLogger } from '../common/process-vm.ts';
+import { attachRecorded, claimVmDir, recordForSpec } from '../common/vm-dir.ts';
 import { vmPaths } from './args.ts';
 import { detectHost, type DetectedHost, type HostOptions } from './host.ts';
 import { readRecord, writeRecord } from './persist.ts';
-import { StateError } from '../common/record.ts';
 import { newRecord } from './state.ts';
-import { QemuVm, silentLogger, type DriverLogger } from './vm.ts';
+import { QemuVm } from './vm.ts';
 
 export interface QemuDriverOptions extends HostOptions {
   /** pino or anything with info/warn/debug(obj, msg). */
@@ -56,35 +56,14 @@ export class QemuDriver implements Hypervisor {
 
   async create(spec: VmSpec, dir: string): Promise<Vm> {
     const paths = vmPaths(dir);
-    try {
-      await access(dir, constants.W_OK);
-    } catch {
-      throw new VmError('InvalidVmDir', `VM dir ${dir} does not exist or is not writable`);
-    }
-    const existing = (await readdir(dir)).filter((f) => f === 'vm.json' || f.endsWith('.sock'));
-    if (existing.length > 0) throw new VmError('InvalidVmDir', `VM dir ${dir} already holds a VM (${existing.join(', ')}); attach it instead`);
-    let record;
-    try {
-      record = newRecord(spec, paths, new Date());
-    } catch (err) {
-      throw new VmError('InvalidSpec', `VM spec ${spec.id}: ${(err as Error).message.split('\n')[0]}`);
-    }
+    await claimVmDir(dir);
+    const record = recordForSpec(spec, () => newRecord(spec, paths, new Date()));
     await writeRecord(paths.state, record);
     return new QemuVm(record, dir, this.context());
   }
 
   async attach(dir: string): Promise<Vm | undefined> {
-    let record;
-    try {
-      record = await readRecord(vmPaths(dir).state);
-    } catch (err) {
-      if (err instanceof StateError) throw new VmError('InvalidVmDir', err.message);
-      throw err;
-    }
-    if (!record) return undefined;
-    const vm = new QemuVm(record, dir, this.context());
-    await vm.reattach();
-    return vm;
+    return attachRecorded(() => readRecord(vmPaths(dir).state), (record) => new QemuVm(record, dir, this.context()));
   }
 
   private context(): { host: DetectedHost; log: DriverLogger; startTimeoutMs: number } {

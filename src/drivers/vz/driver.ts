@@ -8,13 +8,14 @@
 // The agent channel is a virtio-socket: the helper listens on <dir>/agent.sock and proxies each
 // connection to the guest's vsock port AGENT_VSOCK_PORT (Virtualization.framework has no host-side vsock
 // addresses; its socket device hands out file descriptors per connection).
-import { access, constants, readdir } from 'node:fs/promises';
 import { VmError, type Hypervisor, type Vm, type VmSpec } from '../hypervisor.ts';
+import { silentLogger, type DriverLogger } from '../common/process-vm.ts';
+import { attachRecorded, claimVmDir, recordForSpec } from '../common/vm-dir.ts';
 import { macForId, startConfig, vzPaths } from './config.ts';
 import { findHelper } from './host.ts';
 import { readVzRecord, writeVzRecord } from './persist.ts';
-import { newVzRecord, VzStateError } from './state.ts';
-import { silentLogger, VzVm, type DriverLogger } from './vm.ts';
+import { newVzRecord } from './state.ts';
+import { VzVm } from './vm.ts';
 
 export interface VzDriverOptions {
   log?: DriverLogger;
@@ -61,37 +62,16 @@ export class VzDriver implements Hypervisor {
 
   async create(spec: VmSpec, dir: string): Promise<Vm> {
     const paths = vzPaths(dir);
-    try {
-      await access(dir, constants.W_OK);
-    } catch {
-      throw new VmError('InvalidVmDir', `VM dir ${dir} does not exist or is not writable`);
-    }
-    const existing = (await readdir(dir)).filter((f) => f === 'vm.json' || f.endsWith('.sock'));
-    if (existing.length > 0) throw new VmError('InvalidVmDir', `VM dir ${dir} already holds a VM (${existing.join(', ')}); attach it instead`);
+    await claimVmDir(dir);
     const mac = macForId(spec.id);
     startConfig(spec, paths, mac); // what vz cannot run is refused now, with its reason
-    let record;
-    try {
-      record = newVzRecord(spec, mac, paths, new Date());
-    } catch (err) {
-      throw new VmError('InvalidSpec', `VM spec ${spec.id}: ${(err as Error).message.split('\n')[0]}`);
-    }
+    const record = recordForSpec(spec, () => newVzRecord(spec, mac, paths, new Date()));
     await writeVzRecord(paths.state, record);
     return new VzVm(record, dir, this.context());
   }
 
   async attach(dir: string): Promise<Vm | undefined> {
-    let record;
-    try {
-      record = await readVzRecord(vzPaths(dir).state);
-    } catch (err) {
-      if (err instanceof VzStateError) throw new VmError('InvalidVmDir', err.message);
-      throw err;
-    }
-    if (!record) return undefined;
-    const vm = new VzVm(record, dir, this.context());
-    await vm.reattach();
-    return vm;
+    return attachRecorded(() => readVzRecord(vzPaths(dir).state), (record) => new VzVm(record, dir, this.context()));
   }
 
   private context() {
