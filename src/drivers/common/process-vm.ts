@@ -10,7 +10,7 @@
 // connection closing, and polling (the driver's identity check, so a reused pid is never mistaken for
 // it) tells when it is really gone.
 import type { ChildProcess } from 'node:child_process';
-import { rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmError, type StopOptions, type Vm, type VmExit, type VmSpec, type VmState, type VmUsage, type StartOptions } from '../hypervisor.ts';
@@ -61,8 +61,14 @@ export interface LifecycleWords {
   reattached: string;
 }
 
-export interface LifecycleOptions {
+export interface LifecycleOptions<P> {
   log: DriverLogger;
+  /** The unix socket connectAgent() connects to. */
+  agentSocket: string;
+  /** Is the recorded process still the one running under its pid? */
+  processAlive: (rec: P) => Promise<boolean>;
+  /** Signals the recorded process, only while it is still that process. */
+  signalProcess: (rec: P, sig: NodeJS.Signals) => Promise<unknown>;
   /** How often a process that is not vmlet's child is checked for. */
   pollMs: number;
   /** Whether that check lets vmlet's event loop end. */
@@ -86,7 +92,7 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
   private resolveExited!: (exit: VmExit) => void;
   private persistChain: Promise<void> = Promise.resolve();
 
-  protected constructor(record: R, dir: string, protected readonly lifecycle: LifecycleOptions) {
+  protected constructor(record: R, dir: string, protected readonly lifecycle: LifecycleOptions<P>) {
     this.record = record;
     this.spec = record.spec;
     this.dir = dir;
@@ -98,12 +104,6 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
 
   /** The process that runs the VM, as recorded. */
   protected abstract mainProcess(): P | undefined;
-  /** Is the recorded process still the one running under its pid? */
-  protected abstract processAlive(rec: P): Promise<boolean>;
-  /** Signals the recorded process, only while it is still that process. */
-  protected abstract signalProcess(rec: P, sig: NodeJS.Signals): Promise<unknown>;
-  /** The unix socket connectAgent() connects to. */
-  protected abstract agentSocket(): string;
   /** Asks the guest to shut down (ACPI button, requestStop); failures are logged, not thrown. */
   protected abstract softStop(left: () => number, wasPaused: boolean): Promise<void>;
   /** Ends the VM now, as the last step of stop() and as kill(). */
@@ -144,7 +144,7 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
 
   async connectAgent(timeoutMs = 10_000): Promise<Duplex> {
     const deadline = Date.now() + timeoutMs;
-    const socket = this.agentSocket();
+    const socket = this.lifecycle.agentSocket;
     for (;;) {
       if (this.record.state === 'exited') throw new VmError('NotRunning', `VM ${this.spec.id} has exited; no agent to connect to`);
       try {
@@ -227,7 +227,7 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
   async reattach(): Promise<void> {
     if (this.record.state === 'exited' || this.record.state === 'created') return;
     const rec = this.mainProcess();
-    if (!rec || !(await this.processAlive(rec))) {
+    if (!rec || !(await this.lifecycle.processAlive(rec))) {
       // Gone while no vmlet watched.
       await this.finish(await this.exitWhileAway());
       return;
@@ -271,11 +271,29 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
     });
   }
 
+  /**
+   * Saves into file through `file.partial`, written by write(partial): a failed save leaves no partial
+   * file, a finished one is renamed into place. The VM is paused afterwards.
+   */
+  protected async saveThroughPartial(file: string, write: (partial: string) => Promise<void>): Promise<void> {
+    const partial = `${file}.partial`;
+    await rm(partial, { force: true });
+    try {
+      await write(partial);
+    } catch (err) {
+      await rm(partial, { force: true });
+      throw err;
+    }
+    await rename(partial, file);
+    this.record.state = 'paused';
+    await this.persist();
+  }
+
   /** SIGKILL to the VM process: to our child while it has not been reaped, else to the recorded process while it is itself. */
   protected async killProcess(): Promise<void> {
     const rec = this.mainProcess();
     if (this.child && !this.childExit) this.child.kill('SIGKILL');
-    else if (rec) await this.signalProcess(rec, 'SIGKILL');
+    else if (rec) await this.lifecycle.signalProcess(rec, 'SIGKILL');
   }
 
   /** The control connection closed. Not our child: that is the first sign of an exit; the process check confirms it soon after. */
@@ -284,8 +302,8 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
     const rec = this.mainProcess();
     if (!this.child && rec && !this.detached) {
       void (async () => {
-        for (let i = 0; i < 40 && (await this.processAlive(rec)); i++) await sleep(50);
-        if (!(await this.processAlive(rec))) this.onGoneLogged();
+        for (let i = 0; i < 40 && (await this.lifecycle.processAlive(rec)); i++) await sleep(50);
+        if (!(await this.lifecycle.processAlive(rec))) this.onGoneLogged();
       })();
     }
   }
@@ -366,7 +384,7 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
   }
 
   private watchNotChild(rec: P): void {
-    const watch = watchUntilGone(() => this.processAlive(rec), this.lifecycle.pollMs, { unref: this.lifecycle.unrefPoll });
+    const watch = watchUntilGone(() => this.lifecycle.processAlive(rec), this.lifecycle.pollMs, { unref: this.lifecycle.unrefPoll });
     this.goneWatch = watch;
     void watch.gone.then(() => this.onGoneLogged());
   }

@@ -33,6 +33,16 @@ export const specSchema = z.object({
   shares: z.array(z.object({ tag: z.string(), hostPath: z.string(), readOnly: z.boolean() })),
 });
 
+/**
+ * Who a process is: a pid alone can be reused, pid + start time cannot. The start time is compared as an
+ * opaque string (each driver says where it comes from).
+ */
+export const processSchema = z.object({
+  pid: z.number().int().positive(),
+  startTime: z.string(),
+  argv: z.array(z.string()),
+});
+
 export const vmStateSchema = z.enum(['created', 'starting', 'running', 'paused', 'stopping', 'exited']);
 
 /** What vmlet asked for, so an exit seen after a vmlet restart is still classified as ours. */

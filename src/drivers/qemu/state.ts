@@ -4,20 +4,20 @@
 // ../common/record.ts, the /proc parsing ../common/proc.ts.
 import { z } from 'zod';
 import type { VmExit, VmSpec } from '../hypervisor.ts';
-import { exitSchema, intentSchema, parseJsonRecord, serializeJsonRecord, specSchema, StateError, vmStateSchema, type Intent } from '../common/record.ts';
+import { exitSchema, intentSchema, parseJsonRecord, processSchema as commonProcessSchema, serializeJsonRecord, specSchema, StateError, vmStateSchema, type Intent } from '../common/record.ts';
 import type { ProcStat } from '../common/proc.ts';
 import type { ShutdownInfo } from './qmp-protocol.ts';
 
 export const STATE_VERSION = 1;
 
-/** Who a process is: a pid alone can be reused, pid + start time (+ boot) cannot. */
-const processSchema = z.object({
-  pid: z.number().int().positive(),
-  /** Field 22 of /proc/<pid>/stat: clock ticks after boot; a string, it can exceed 2^53 in theory. */
-  startTime: z.string(),
-  /** /proc/sys/kernel/random/boot_id when it started: start times restart from zero at each boot. */
+/**
+ * Who a process is (../common/record.ts), with the boot it started in: startTime is field 22 of
+ * /proc/<pid>/stat (clock ticks after boot; a string, it can exceed 2^53 in theory), and those restart
+ * from zero at each boot.
+ */
+const processSchema = commonProcessSchema.extend({
+  /** /proc/sys/kernel/random/boot_id when it started. */
   bootId: z.string(),
-  argv: z.array(z.string()),
 });
 
 export const vmRecordSchema = z.object({

@@ -9,7 +9,7 @@
 // when it is really gone. Either way the classification uses the last SHUTDOWN event and what vmlet had
 // asked for (persisted in vm.json, so it survives a vmlet restart too).
 import type { ChildProcess } from 'node:child_process';
-import { copyFile, open, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, open, rm, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmError, type StartOptions, type VmExit, type VmUsage } from '../hypervisor.ts';
 import { ProcessVm, type DriverLogger } from '../common/process-vm.ts';
@@ -19,8 +19,6 @@ import { isAlive, observeProcess, processUsage, signalRecorded, spawnDetached } 
 import { QmpClient } from './qmp-client.ts';
 import { shutdownInfo, type QmpEvent } from './qmp-protocol.ts';
 import { checkIdentity, classifyExit, qemuErrorLine, type ProcessRecord, type VmRecord } from './state.ts';
-
-export { silentLogger, type DriverLogger } from '../common/process-vm.ts';
 
 export interface VmContext {
   host: QemuHost;
@@ -43,8 +41,12 @@ export class QemuVm extends ProcessVm<VmRecord, ProcessRecord, QmpClient> {
     dir: string,
     private readonly ctx: VmContext,
   ) {
+    const paths = vmPaths(dir);
     super(record, dir, {
       log: ctx.log,
+      agentSocket: paths.agentSocket,
+      processAlive: isAlive,
+      signalProcess: signalRecorded,
       pollMs: GONE_POLL_MS,
       unrefPoll: false,
       words: {
@@ -55,7 +57,7 @@ export class QemuVm extends ProcessVm<VmRecord, ProcessRecord, QmpClient> {
         reattached: 're-attached to a running VM',
       },
     });
-    this.paths = vmPaths(dir);
+    this.paths = paths;
     this.consoleLog = this.paths.consoleLog;
   }
 
@@ -140,22 +142,14 @@ export class QemuVm extends ProcessVm<VmRecord, ProcessRecord, QmpClient> {
   async save(file: string): Promise<void> {
     this.assertRunning('save');
     const qmp = this.requireQmp();
-    const partial = `${file}.partial`;
-    await rm(partial, { force: true });
-    // QEMU 7.2 has no file: migration URI; exec: runs the command through /bin/sh. The default
-    // bandwidth cap (32 MiB/s) is for live migration over a network; a local file wants no cap.
-    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 * 1024 * 1024 });
-    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(partial)}` });
-    try {
-      await this.waitForMigration(qmp, 'save');
-    } catch (err) {
-      await rm(partial, { force: true });
-      throw err;
-    }
-    await rename(partial, file);
     // After a completed migration QEMU holds the guest stopped (postmigrate); resume() continues it.
-    this.record.state = 'paused';
-    await this.persist();
+    await this.saveThroughPartial(file, async (partial) => {
+      // QEMU 7.2 has no file: migration URI; exec: runs the command through /bin/sh. The default
+      // bandwidth cap (32 MiB/s) is for live migration over a network; a local file wants no cap.
+      await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 * 1024 * 1024 });
+      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(partial)}` });
+      await this.waitForMigration(qmp, 'save');
+    });
   }
 
   /** Runs a QMP command on this VM's connection: for diagnostics and tests (e.g. query-pci), not for control. */
@@ -183,18 +177,6 @@ export class QemuVm extends ProcessVm<VmRecord, ProcessRecord, QmpClient> {
 
   protected mainProcess(): ProcessRecord | undefined {
     return this.record.qemu;
-  }
-
-  protected processAlive(rec: ProcessRecord): Promise<boolean> {
-    return isAlive(rec);
-  }
-
-  protected signalProcess(rec: ProcessRecord, sig: NodeJS.Signals): Promise<boolean> {
-    return signalRecorded(rec, sig);
-  }
-
-  protected agentSocket(): string {
-    return this.paths.agentSocket;
   }
 
   /** The ACPI power button; a paused guest is continued first (it cannot see the button). */

@@ -4,19 +4,12 @@
 // what vmlet asked for, the helper's last `stopped` event, and the exit.
 import { z } from 'zod';
 import type { VmExit, VmSpec } from '../hypervisor.ts';
-import { exitSchema, intentSchema, parseJsonRecord, serializeJsonRecord, specSchema, StateError, vmStateSchema } from '../common/record.ts';
+import { exitSchema, intentSchema, parseJsonRecord, processSchema, serializeJsonRecord, specSchema, StateError, vmStateSchema } from '../common/record.ts';
 import { describeHelperError, STOP_CAUSES, type HelperError, type StopCause } from './protocol.ts';
 
 export const VZ_STATE_VERSION = 1;
 
 const helperErrorSchema = z.object({ name: z.string(), message: z.string(), domain: z.string().optional(), code: z.number().int().optional() });
-
-const processSchema = z.object({
-  pid: z.number().int().positive(),
-  /** Linux: field 22 of /proc/<pid>/stat; macOS: `ps -o lstart=`. Compared as an opaque string. */
-  startTime: z.string(),
-  argv: z.array(z.string()),
-});
 
 export const vzRecordSchema = z.object({
   version: z.literal(VZ_STATE_VERSION),
@@ -27,6 +20,7 @@ export const vzRecordSchema = z.object({
   mac: z.string(),
   sockets: z.object({ control: z.string(), agent: z.string() }),
   consoleLog: z.string(),
+  /** The helper (../common/record.ts): startTime is field 22 of /proc/<pid>/stat on Linux, `ps -o lstart=` on macOS. */
   helper: processSchema.optional(),
   intent: intentSchema.optional(),
   /** The helper's `stopped` event for the current boot, once seen. */

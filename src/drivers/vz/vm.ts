@@ -10,7 +10,7 @@
 // listened, says how the VM ended. The lifecycle both drivers share (exited, stop's steps, detach,
 // re-attach) is ../common/process-vm.ts.
 import { execFile } from 'node:child_process';
-import { readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFile, rm, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { VmError, type StartOptions, type VmExit, type VmUsage } from '../hypervisor.ts';
 import { ProcessVm, type DriverLogger } from '../common/process-vm.ts';
@@ -21,8 +21,6 @@ import { helperAlive, helperUsage, signalHelper, spawnHelper } from './process.t
 import { describeHelperError, type HelperError, type HelperEvent, type HelperState } from './protocol.ts';
 import { writeVzRecord } from './persist.ts';
 import { classifyVzExit, parseExitFile, type VzProcess, type VzRecord } from './state.ts';
-
-export { silentLogger, type DriverLogger } from '../common/process-vm.ts';
 
 const run = promisify(execFile);
 
@@ -43,8 +41,12 @@ export class VzVm extends ProcessVm<VzRecord, VzProcess, VzControl> {
   private startError: HelperError | undefined;
 
   constructor(record: VzRecord, dir: string, private readonly ctx: VzVmContext) {
+    const paths = vzPaths(dir);
     super(record, dir, {
       log: ctx.log,
+      agentSocket: paths.agentSocket,
+      processAlive: helperAlive,
+      signalProcess: signalHelper,
       pollMs: ctx.pollMs,
       unrefPoll: true,
       words: {
@@ -55,7 +57,7 @@ export class VzVm extends ProcessVm<VzRecord, VzProcess, VzControl> {
         reattached: 're-attached to a running vz VM',
       },
     });
-    this.paths = vzPaths(dir);
+    this.paths = paths;
     this.consoleLog = record.consoleLog;
   }
 
@@ -130,17 +132,7 @@ export class VzVm extends ProcessVm<VzRecord, VzProcess, VzControl> {
   async save(file: string): Promise<void> {
     this.assertRunning('save');
     if (this.record.state === 'running') await this.pause();
-    const partial = `${file}.partial`;
-    await rm(partial, { force: true });
-    try {
-      await this.call({ op: 'save', path: partial }, 'save', 10 * 60_000);
-    } catch (err) {
-      await rm(partial, { force: true });
-      throw err;
-    }
-    await rename(partial, file);
-    this.record.state = 'paused';
-    await this.persist();
+    await this.saveThroughPartial(file, (partial) => this.call({ op: 'save', path: partial }, 'save', 10 * 60_000).then(() => undefined));
   }
 
   async usage(): Promise<VmUsage> {
@@ -166,18 +158,6 @@ export class VzVm extends ProcessVm<VzRecord, VzProcess, VzControl> {
 
   protected mainProcess(): VzProcess | undefined {
     return this.record.helper;
-  }
-
-  protected processAlive(rec: VzProcess): Promise<boolean> {
-    return helperAlive(rec);
-  }
-
-  protected signalProcess(rec: VzProcess, sig: NodeJS.Signals): Promise<boolean> {
-    return signalHelper(rec, sig);
-  }
-
-  protected agentSocket(): string {
-    return this.paths.agentSocket;
   }
 
   /** requestStop through the helper; a paused guest is resumed first (it cannot see the request). */
