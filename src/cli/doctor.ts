@@ -47,16 +47,18 @@ export function evaluateHost(f: HostFacts): Finding[] {
     const major = majorVersion(f.macOSVersion);
     if (major >= 14) ok('macOS', `macOS ${f.macOSVersion}`);
     else if (major === 13) bad('warn', 'macOS', `macOS ${f.macOSVersion}: VMs run, but save/restore needs macOS 14`, 'update to macOS 14 or later');
-    else bad('fail', 'macOS', `macOS ${f.macOSVersion ?? 'unknown'}: the vz helper needs macOS 13 or later`, 'update macOS');
+    else bad('fail', 'macOS', `macOS ${f.macOSVersion ?? 'unknown'}: vmlet's VMs need macOS 13 or later`, 'update macOS (Software Update) to 13 or later; 14 or later for save/restore');
     if (f.arch === 'arm64') ok('CPU', 'Apple Silicon (arm64)');
     else bad('fail', 'CPU', `${f.arch}: Virtualization.framework macOS guests need Apple Silicon`, 'use an Apple Silicon Mac');
     const h = f.vzHelper;
-    if (!h?.path) bad('fail', 'vz helper', 'vmlet-vz was not found', 'run scripts/build-vz-helper.sh (or set VMLET_VZ_HELPER)');
-    else if (!h.signature?.signed) bad('fail', 'vz helper', `${h.path} is not signed: ${h.signature?.why ?? 'unknown'}`, 'run scripts/build-vz-helper.sh');
-    else if (!h.signature.entitled) bad('fail', 'vz helper', `${h.path} lacks com.apple.security.virtualization`, 'run scripts/build-vz-helper.sh (it signs with vmlet-vz.entitlements)');
+    const build = 'in the vmlet checkout, run scripts/build-vz-helper.sh (it needs the Xcode command line tools: xcode-select --install)';
+    if (!h?.path) bad('fail', 'vz helper', 'vmlet-vz, the helper that runs each VM through Virtualization.framework, was not found: vmlet cannot start VMs', `${build}, or set VMLET_VZ_HELPER to a built vmlet-vz`);
+    else if (!h.signature?.signed) bad('fail', 'vz helper', `${h.path} is not code-signed (${h.signature?.why ?? 'unknown'}): macOS will not let it start VMs`, `${build}; it builds and signs the helper`);
+    else if (!h.signature.entitled) bad('fail', 'vz helper', `${h.path} is signed without the com.apple.security.virtualization entitlement: macOS will not let it start VMs`, `${build}; it signs with native/vz/vmlet-vz.entitlements`);
     else ok('vz helper', `${h.path}, signed with the virtualization entitlement`);
     if (f.otherVms.length > 0) {
-      bad('warn', 'other VMs', `VM processes are running (${f.otherVms.join(', ')}; com.apple.Virtualization.VirtualMachine is any Virtualization.framework VM, vmlet's own included); macOS runs at most two macOS VMs at once, all tools together`, 'stop them, or lower vmSlots so vmlet does not hit VirtualMachineLimitExceeded');
+      const names = f.otherVms.map((v) => (v === 'com.apple.Virtualization.VirtualMachine' ? `${v} (a Virtualization.framework VM of any app, vmlet's own included)` : v));
+      bad('warn', 'other VMs', `VMs are already running: ${names.join(', ')}. macOS runs at most two macOS VMs at a time, all apps together`, "stop the VMs you do not need, or set node.vmSlots in vmlet's config to the slots left; otherwise pods fail with VirtualMachineLimitExceeded");
     } else ok('other VMs', 'no Tart, Anka or other Virtualization.framework VMs running');
   } else {
     const p = f.probe;
@@ -67,8 +69,8 @@ export function evaluateHost(f: HostFacts): Finding[] {
     if (f.virtiofsd) ok('virtiofsd', f.virtiofsd);
     else bad('warn', 'virtiofsd', 'virtiofsd was not found: pods with volumes cannot start', 'apt-get install virtiofsd');
   }
-  if (f.freeBytes === undefined) bad('warn', 'disk', `cannot read the free space of ${f.cacheDir}`, 'create the image cache directory');
-  else if (f.freeBytes < 20 * GiB) bad(f.freeBytes < 5 * GiB ? 'fail' : 'warn', 'disk', `${(f.freeBytes / GiB).toFixed(1)} GiB free for the image cache at ${f.cacheDir}`, 'free space: a macOS image needs 30-60 GiB, a Linux image a few');
+  if (f.freeBytes === undefined) bad('warn', 'disk', `cannot read the free space of the image cache ${f.cacheDir}`, `create it (mkdir -p ${f.cacheDir}), or pass --cache-dir with the directory vmlet is configured to use`);
+  else if (f.freeBytes < 20 * GiB) bad(f.freeBytes < 5 * GiB ? 'fail' : 'warn', 'disk', `${(f.freeBytes / GiB).toFixed(1)} GiB free for the image cache at ${f.cacheDir}`, 'free disk space there: each macOS image takes 30-60 GiB in the cache, a Linux image a few GiB');
   else ok('disk', `${(f.freeBytes / GiB).toFixed(0)} GiB free at ${f.cacheDir}`);
   if (f.dockerSocket) ok('sidecars', `Docker Engine API at ${f.dockerSocket}`);
   else bad('warn', 'sidecars', 'no Docker Engine API socket: pods with sidecar containers cannot run', f.platform === 'darwin' ? 'install Docker Desktop, Colima or OrbStack (or set DOCKER_HOST)' : 'install docker.io (or set DOCKER_HOST)');

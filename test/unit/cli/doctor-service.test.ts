@@ -23,7 +23,7 @@ test('a ready Mac has no failures; each missing piece is a finding with what to 
   assert.equal(level({ freeBytes: 10 * GiB }, 'disk')?.level, 'warn');
   assert.equal(level({ freeBytes: 1 * GiB }, 'disk')?.level, 'fail');
   assert.equal(evaluateHost({ ...mac, dockerSocket: undefined }).find((f) => f.check === 'sidecars')?.level, 'warn');
-  assert.match(formatFindings(evaluateHost({ ...mac, vzHelper: {} })), /FAIL {2}vz helper: .*\n {6}→ run scripts\/build-vz-helper\.sh/);
+  assert.match(formatFindings(evaluateHost({ ...mac, vzHelper: {} })), /FAIL {2}vz helper: .*\n {6}→ in the vmlet checkout, run scripts\/build-vz-helper\.sh/);
 });
 
 test('Linux: QEMU with KVM is ok, TCG a warning, none a failure; virtiofsd is looked for', () => {
