@@ -96,9 +96,12 @@ const at = 'spec\\.containers\\[0\\] \\(app\\)';
 const failed = { phase: 'Failed' as const };
 const cases: Case[] = [
   {
-    name: 'two-containers', ...failed, reason: /^UnsupportedPodSpec$/,
-    pod: (n) => manifest(n, { containers: [{ name: 'app', image: vmImage }, { name: 'log-shipper', image: 'fluent/fluent-bit:3.0' }] }),
-    message: /spec\.containers\[1\] \(log-shipper\): only one container per pod is supported until hybrid pods land; the first container \("app"\) is the VM — move "log-shipper" into the VM image or into another pod/,
+    name: 'vm-container-annotation', ...failed, reason: /^InvalidPodSpec$/,
+    pod: (n) => {
+      const m = manifest(n, { containers: [{ name: 'app', image: vmImage }, { name: 'log-shipper', image: 'fluent/fluent-bit:3.0' }] });
+      return { ...m, metadata: { ...m.metadata, annotations: { 'vmlet.dev/vm-container': 'build' } } };
+    },
+    message: /metadata\.annotations\["vmlet\.dev\/vm-container"\]: no container named "build" in spec\.containers \(there are: app, log-shipper\); name the container that runs as the VM/,
   },
   {
     name: 'host-network', ...failed, reason: /^UnsupportedPodSpec$/, pod: (n) => manifest(n, { hostNetwork: true }),

@@ -105,17 +105,18 @@ test('a second pod on a one-slot node waits with a reason, and starts once the f
   await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
 });
 
-test('a pod vmlet cannot run fails with a reason on its status and an Event, and vmlet stays healthy', async () => {
+test('a hybrid pod (a sidecar next to the VM) without a container engine waits with SidecarEngineUnavailable naming the socket, and vmlet stays healthy', async () => {
   const two = podManifest('two-containers');
   (two.spec.containers as unknown[]).push({ name: 'sidecar', image: 'busybox:1' });
   assert.equal((await apply(two)).code, 0);
-  const pod = await waitFor('pod two-containers Failed', async () => {
+  const pod = await waitFor('pod two-containers waiting for its engine', async () => {
     const p = await getPod('two-containers');
-    return p.status?.phase === 'Failed' ? p : undefined;
+    return p.status?.reason === 'SidecarEngineUnavailable' ? p : undefined;
   }, { timeoutMs: 60_000, intervalMs: 500 });
-  const message = `${pod.status?.reason ?? ''} ${pod.status?.message ?? ''} ${JSON.stringify(pod.status?.containerStatuses ?? [])}`;
-  assert.match(message, /sidecar/);
-  assert.ok((await events('two-containers')).some((e) => e.type === 'Warning' && /sidecar/.test(e.message ?? '')));
+  assert.equal(pod.status?.phase, 'Pending');
+  assert.match(pod.status?.message ?? '', /pod has sidecar containers \(sidecar\) and no container engine for sidecars at .*docker\.sock.*; start the engine or set sidecarEngine/);
+  assert.deepEqual(pod.status?.containerStatuses?.map((c) => c.name), ['vm', 'sidecar']);
+  assert.ok((await events('two-containers')).some((e) => e.type === 'Warning' && e.reason === 'SidecarEngineUnavailable' && /docker\.sock/.test(e.message ?? '')));
   assert.equal((await vmlet.admin('/healthz')).status, 200);
   assert.equal(vmlet.exitStatus, undefined);
   await kubectl('delete', 'pod', 'two-containers', '--wait=true', '--timeout=60s');

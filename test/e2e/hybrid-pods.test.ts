@@ -1,0 +1,128 @@
+// Hybrid pods (issue 8), against a real kube-apiserver, kubectl, registry, QEMU and podman: the VM
+// container runs in the VM, every other container runs as a sidecar on podman's Docker API. A pod shaped
+// like GitLab Runner's Kubernetes executor pod (a "build" VM container and a "helper" sidecar): exec into
+// both (two kernels), logs of the sidecar, both Running/Ready, the helper reaches a port the VM serves on
+// the pod IP; a sidecar that exits is restarted with back-off; kill -9 of vmlet keeps the sidecar running
+// and the new vmlet adopts it; deleting the pod removes the sidecar from the engine.
+import assert from 'node:assert/strict';
+import { networkInterfaces } from 'node:os';
+import { after, before, test } from 'node:test';
+import type { V1Pod } from '@kubernetes/client-node';
+import { waitFor } from '../harness/processes.ts';
+import { VmPods } from '../harness/vm-pods.ts';
+
+let env: VmPods;
+
+/** An IPv4 address of this host that podman's bridge network reaches: the Node's (and so the pods') IP. */
+function hostAddress(): string {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  throw new Error('no non-loopback IPv4 address on this host');
+}
+
+before(async () => {
+  env = await VmPods.start({
+    nodeName: 'hybrid-node', podman: true, nodeIp: hostAddress(),
+    vmletArgs: ['--vm-slots=2', '--crash-loop-back-off-initial=1s', '--crash-loop-back-off-max=4s'],
+  });
+});
+
+after(async () => {
+  await env?.stop();
+});
+
+const status = (p: V1Pod, name: string) => p.status?.containerStatuses?.find((s) => s.name === name);
+
+/** Our containers of a pod on podman; state "running" or what podman says otherwise ("Exited (1) ..."). */
+async function engineContainers(uid: string): Promise<Array<{ id: string; name: string; state: string }>> {
+  const r = await env.podman!.cli(['ps', '-a', '--no-trunc', '--filter', `label=vmlet.dev/pod-uid=${uid}`, '--format', '{{.ID}} {{.Names}} {{.Status}}']);
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout.trim().split('\n').filter(Boolean).map((l) => {
+    const [id, name, ...status] = l.split(' ');
+    return { id: id!, name: name!, state: status[0] === 'Up' ? 'running' : status.join(' ') };
+  });
+}
+
+// The VM serves on 8080; the helper asks it through the pod IP, as GitLab's helper talks to the build.
+const SERVER = "require('http').createServer((q, s) => s.end('hello from the VM\\n')).listen(8080, '0.0.0.0')";
+
+test('a GitLab-Runner-shaped pod: the build container is the VM, the helper a sidecar; exec, logs, status, and the helper reaches the VM on the pod IP', async () => {
+  await env.apply(env.manifest('runner', { name: 'build', command: ['node', '-e', SERVER], ports: [{ containerPort: 8080 }] }, {
+    containers: [
+      { name: 'build', image: env.image, command: ['node', '-e', SERVER], ports: [{ containerPort: 8080 }] },
+      {
+        name: 'helper', image: env.busybox, command: ['sh', '-c', 'echo helper up on $(POD_NAME); exec sleep 100000'],
+        env: [
+          { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+          { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+        ],
+        volumeMounts: [{ name: 'repo', mountPath: '/builds' }],
+      },
+    ],
+    volumes: [{ name: 'repo', emptyDir: {} }],
+  }));
+  const pod = await env.waitReady('runner');
+  assert.deepEqual(pod.status?.containerStatuses?.map((s) => [s.name, Object.keys(s.state ?? {})[0], s.ready]), [['build', 'running', true], ['helper', 'running', true]]);
+  assert.match(status(pod, 'helper')?.containerID ?? '', /^docker:\/\/[0-9a-f]{64}$/);
+
+  // Two kernels: the VM's own, and the host's (the sidecar's).
+  const vmKernel = (await env.kubectl('exec', 'runner', '-c', 'build', '--', 'uname', '-r')).trim();
+  const hostKernel = (await env.kubectl('exec', 'runner', '-c', 'helper', '--', 'uname', '-r')).trim();
+  assert.notEqual(vmKernel, hostKernel);
+  assert.match(await env.kubectl('exec', 'runner', '-c', 'helper', '--', 'sh', '-c', 'echo $POD_IP; ls -d /builds; hostname'), /\/builds\nrunner\n$/);
+  await waitFor('the helper logged', async () => ((await env.kubectl('logs', 'runner', '-c', 'helper')) === 'helper up on runner\n' ? true : undefined), { timeoutMs: 30_000, intervalMs: 500 });
+
+  // The emptyDir is the same host directory for the VM (virtiofs) and the sidecar (bind mount).
+  await env.kubectl('exec', 'runner', '-c', 'helper', '--', 'sh', '-c', 'echo from-helper > /builds/marker');
+
+  // The helper reaches the VM's containerPort on the pod IP (forwarded from the host IP into the guest).
+  const podIP = pod.status?.podIP;
+  const got = await waitFor('the helper reaches the VM on the pod IP', async () => {
+    // busybox-static's wget crashes in its resolver; nc speaks the HTTP.
+    const r = await env.cluster.kubectl(['exec', 'runner', '-c', 'helper', '--', 'sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${podIP} 8080`]);
+    return r.code === 0 && r.stdout.includes('200 OK') ? r.stdout : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 1000 });
+  assert.match(got, /\r?\n\r?\nhello from the VM\n$/);
+  const events = (await env.events('runner')).map((e) => `${e.type}/${e.reason}: ${e.message}`);
+  assert.ok(events.some((e) => e.startsWith('Normal/Pulling: Pulling image') && e.includes('busybox')), events.join('\n'));
+  assert.ok(events.some((e) => e.startsWith('Normal/Started: Started container helper')), events.join('\n'));
+});
+
+test('kill -9 of vmlet: the sidecar keeps running (the same engine container) and the new vmlet adopts it; delete removes it', async () => {
+  const before = await env.pod('runner');
+  const uid = before.metadata!.uid!;
+  const [running] = (await engineContainers(uid)).filter((c) => c.state === 'running');
+  assert.ok(running, 'the helper runs on podman');
+  await env.restartVmlet();
+  assert.deepEqual((await engineContainers(uid)).filter((c) => c.state === 'running').map((c) => c.id), [running.id]);
+  // The adopted sidecar answers exec and keeps its restart count.
+  await waitFor('exec into the adopted helper', async () => {
+    const r = await env.cluster.kubectl(['exec', 'runner', '-c', 'helper', '--', 'cat', '/builds/marker']);
+    return r.code === 0 && r.stdout === 'from-helper\n' ? true : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 1000 });
+  const after = await env.waitReady('runner');
+  assert.equal(status(after, 'helper')?.containerID, `docker://${running.id}`);
+  assert.equal(status(after, 'helper')?.restartCount, 0);
+
+  await env.delete('runner');
+  assert.deepEqual(await engineContainers(uid), []);
+});
+
+test('a sidecar that exits 1 is restarted with back-off, each run a new engine container', async () => {
+  await env.apply(env.manifest('crashy', {}, {
+    containers: [
+      { name: 'vm', image: env.image, command: ['sh', '-c', 'exec sleep 100000'] },
+      { name: 'flaky', image: env.busybox, command: ['sh', '-c', 'echo run; sleep 1; exit 1'] },
+    ],
+  }));
+  const pod = await env.waitForPod('crashy', 'the sidecar restarted twice', (p) => ((status(p, 'flaky')?.restartCount ?? 0) >= 2 ? p : undefined), 240_000);
+  const flaky = status(pod, 'flaky')!;
+  assert.equal(flaky.lastState?.terminated?.exitCode, 1);
+  assert.equal(status(pod, 'vm')?.ready, true);
+  const events = (await env.events('crashy')).map((e) => `${e.type}/${e.reason}: ${e.message}`);
+  assert.ok(events.some((e) => e.startsWith('Warning/BackOff: Back-off restarting failed container flaky')), events.join('\n'));
+  assert.equal(await env.kubectl('logs', 'crashy', '-c', 'flaky', '--previous'), 'run\n');
+  await env.delete('crashy');
+  assert.deepEqual(await engineContainers(pod.metadata!.uid!), []);
+});
