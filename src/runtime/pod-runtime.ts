@@ -919,6 +919,7 @@ export class PodRuntime implements KubeletProvider {
   /** vmlet is stopping: VMs keep running, to be adopted by the next vmlet. */
   async detachAll(): Promise<void> {
     await Promise.all([...this.pods.values()].map(async (r) => {
+      r.sidecars?.detach();
       await r.instance?.detach().catch(() => undefined);
     }));
   }

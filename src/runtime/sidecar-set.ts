@@ -115,6 +115,11 @@ export class SidecarSet {
     this.o.changed();
   }
 
+  /** vmlet is stopping: the sidecars keep running, to be adopted by the next vmlet; nothing is watched any more. */
+  detach(): void {
+    this.done.abort();
+  }
+
   /** The pod goes: every sidecar is stopped within `graceSeconds` (in parallel), then removed. */
   async stop(graceSeconds: number): Promise<void> {
     this.done.abort();
