@@ -913,7 +913,24 @@ export class PodRuntime implements KubeletProvider {
         .then((env) => (rec.env ??= env), (err: Error) => this.o.log.warn({ uid, err: err.message }, 'resolving the env of an adopted pod failed'));
       adopted.push(uid);
     }
+    // Sidecars of pods that are gone (deleted while vmlet was down): only with an engine configured, so
+    // that a node without hybrid pods does not load dockerode for this.
+    if (this.o.sidecarEngine) void this.removeOrphanSidecars(alive);
     return { adopted, removed };
+  }
+
+  private async removeOrphanSidecars(alive: (uid: string) => V1Pod | undefined): Promise<void> {
+    try {
+      const engine = await this.engine();
+      for (const s of await engine.list()) {
+        if (s.pod.uid && !alive(s.pod.uid) && !this.pods.has(s.pod.uid)) {
+          this.o.log.info({ uid: s.pod.uid, container: s.engineName }, 'removing the sidecar container of a pod that is gone');
+          await engine.remove(s.id, { force: true });
+        }
+      }
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'removing sidecars of pods that are gone failed');
+    }
   }
 
   /** vmlet is stopping: VMs keep running, to be adopted by the next vmlet. */

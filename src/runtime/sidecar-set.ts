@@ -71,12 +71,13 @@ export class SidecarSet {
     return this.members.some((m) => m.container.name === name);
   }
 
-  /** Starts every sidecar, in spec order (the first one's network is the others'); resolves once each has had its first try. */
+  /**
+   * Starts every sidecar, in spec order (the first one's network is the others'); resolves once each has
+   * had its first try. Containers the pod already has on the engine (its VM was booted again after a
+   * vmlet restart) are taken over as adopt() does.
+   */
   async start(): Promise<void> {
-    for (const m of this.members) {
-      if (this.done.signal.aborted) return;
-      await this.run(m);
-    }
+    await this.adopt();
   }
 
   /**
@@ -92,6 +93,7 @@ export class SidecarSet {
       found = [];
     }
     for (const m of this.members) {
+      if (this.done.signal.aborted) return;
       const mine = found.filter((s) => s.containerName === m.container.name).sort((a, b) => b.restartCount - a.restartCount);
       const current = mine[0];
       if (current?.engineState === 'running') {
