@@ -233,7 +233,8 @@ async function podStarts(): Promise<void> {
     const user = `system:node:${NODE}`;
     const events = (await auditEvents(env.cluster, (u) => u === user)).filter((e) => e.at >= runs[0]!.tCreate && e.at < tEnd);
     const heartbeat = (k: string) => k.includes('leases');
-    const nodeOwn = (k: string) => k.includes(' nodes');
+    // The node's own: its Node, and watches (re-established every 5-10 minutes, whatever the pods do).
+    const nodeOwn = (k: string) => k.includes(' nodes') || k.startsWith('watch ');
     const perPod = runs.map((r, i) => {
       const until = runs[i + 1]?.tCreate ?? tEnd;
       return events.filter((e) => e.at >= r.tCreate && e.at < until);
@@ -246,8 +247,9 @@ async function podStarts(): Promise<void> {
     console.log(`  by kind, mean per pod: ${listing(countBy(all.filter((e) => !heartbeat(e.key) && !nodeOwn(e.key)), (e) => e.key), runs.length)}`);
     console.log(`  left out as the node's own (mean per lifecycle): ${listing(countBy(all.filter((e) => heartbeat(e.key) || nodeOwn(e.key)), (e) => e.key), runs.length) || 'none'}`);
     const last = runs[runs.length - 1]!;
-    const order = perPod[perPod.length - 1]!.sort((a, b) => a.at - b.at).map((e) => `${e.at <= last.tReady ? '+' : 'delete+'}${e.at - (e.at <= last.tReady ? last.tCreate : last.tDelete)} ms ${e.key}`);
-    console.log(`  ${last.name}, in order (from the POST, then from the DELETE): ${order.join('; ')}`);
+    const since = (at: number) => (at < last.tReady ? `+${at - last.tCreate}` : at < last.tDelete ? `Ready+${at - last.tReady}` : `DELETE+${at - last.tDelete}`);
+    const order = perPod[perPod.length - 1]!.sort((a, b) => a.at - b.at).map((e) => `${since(e.at)} ms ${e.key}`);
+    console.log(`  ${last.name}, in order (ms from the POST, from Ready seen, from the DELETE): ${order.join('; ')}`);
     const evList = await admin.call<{ items: CoreV1Event[] }>('GET', '/api/v1/namespaces/default/events');
     const ours = evList.items.filter((e) => runs.some((r) => r.uid === e.involvedObject.uid) && e.source?.component === 'vmlet');
     console.log(`  of which Events (POST events), mean per pod by reason: ${listing(countBy(ours, (e) => e.reason ?? ''), runs.length)}`);
