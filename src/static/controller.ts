@@ -9,6 +9,7 @@ import { Backoff } from '../kube/backoff.ts';
 import type { Logger } from '../observability/log.ts';
 import type { EventType, PodRuntime } from '../runtime/pod-runtime.ts';
 import { podStatus, type PodRuntimeState, type PodStatusJson } from '../runtime/pod/status.ts';
+import { UidQueue } from '../runtime/uid-queue.ts';
 import { forbiddenReferences } from './manifests.ts';
 
 export interface StaticPodControllerOptions {
@@ -36,12 +37,11 @@ interface Work {
 
 export class StaticPodController {
   private readonly work = new Map<string, Work>();
-  private readonly queue: string[] = [];
-  private readonly running = new Set<string>();
-  private readonly again = new Set<string>();
-  private stopped = false;
+  private readonly queue: UidQueue;
 
-  constructor(private readonly o: StaticPodControllerOptions) {}
+  constructor(private readonly o: StaticPodControllerOptions) {
+    this.queue = new UidQueue((uid) => this.process(uid), o.concurrency ?? 4);
+  }
 
   /** A static pod appeared (or its file changed: the new content is a new pod with a new UID). */
   add(pod: V1Pod, file?: string): void {
@@ -55,7 +55,7 @@ export class StaticPodController {
     }
     this.work.set(uid, w);
     this.o.log.info({ pod: name(pod), uid, ...(file ? { file } : {}) }, 'static pod added');
-    this.enqueue(uid);
+    this.queue.enqueue(uid);
   }
 
   /** A static pod's file is gone (or changed): its VM is stopped. */
@@ -66,12 +66,12 @@ export class StaticPodController {
     w.gone = true;
     clearTimeout(w.retryTimer);
     this.o.log.info({ pod: name(pod), uid }, 'static pod removed');
-    this.enqueue(uid);
+    this.queue.enqueue(uid);
   }
 
   /** The runtime says the pod's state changed. */
   changed(uid: string): void {
-    this.enqueue(uid);
+    this.queue.enqueue(uid);
   }
 
   event(pod: V1Pod, type: EventType, reason: string, message: string): void {
@@ -96,7 +96,7 @@ export class StaticPodController {
 
   /** Stops working: VMs keep running, for the next vmlet to adopt (their UIDs are stable). */
   async stop(): Promise<void> {
-    this.stopped = true;
+    this.queue.stop();
     for (const w of this.work.values()) clearTimeout(w.retryTimer);
   }
 
@@ -110,29 +110,6 @@ export class StaticPodController {
     }
     const state = this.o.runtime.state(uid);
     return state ? podStatus(w.pod, state, now) : undefined;
-  }
-
-  private enqueue(uid: string): void {
-    if (this.stopped) return;
-    if (this.running.has(uid)) {
-      this.again.add(uid);
-      return;
-    }
-    if (!this.queue.includes(uid)) this.queue.push(uid);
-    this.pump();
-  }
-
-  private pump(): void {
-    const limit = this.o.concurrency ?? 4;
-    while (this.running.size < limit && this.queue.length) {
-      const uid = this.queue.shift()!;
-      this.running.add(uid);
-      void this.process(uid).finally(() => {
-        this.running.delete(uid);
-        if (this.again.delete(uid)) this.enqueue(uid);
-        this.pump();
-      });
-    }
   }
 
   private async process(uid: string): Promise<void> {
@@ -166,7 +143,7 @@ export class StaticPodController {
       clearTimeout(w.retryTimer);
       w.retryTimer = setTimeout(() => {
         w.retryAt = undefined;
-        this.enqueue(uid);
+        this.queue.enqueue(uid);
       }, delay);
       w.retryTimer.unref();
     }

@@ -9,6 +9,7 @@ import type { Logger } from '../../observability/log.ts';
 import type { AgentMetrics } from '../../observability/metrics.ts';
 import type { EventType, PodRuntime } from '../../runtime/pod-runtime.ts';
 import { podStatus, statusChanged } from '../../runtime/pod/status.ts';
+import { UidQueue } from '../../runtime/uid-queue.ts';
 import { Backoff } from '../backoff.ts';
 import { describeApiError, httpStatus, PATCH, type KubeApi } from '../client.ts';
 import { Reflector } from '../reflector.ts';
@@ -41,13 +42,11 @@ interface Work {
 export class PodController {
   private readonly reflector: Reflector<V1Pod>;
   private readonly work = new Map<string, Work>();
-  private readonly queue: string[] = [];
-  private readonly running = new Set<string>();
-  private readonly again = new Set<string>();
   private runtime!: PodRuntime;
-  private stopped = false;
+  private readonly queue: UidQueue;
 
   constructor(private readonly o: PodControllerOptions) {
+    this.queue = new UidQueue((uid) => this.process(uid), o.concurrency ?? 4);
     const fieldSelector = `spec.nodeName=${o.nodeName}`;
     this.reflector = new Reflector<V1Pod>({
       resource: 'pods',
@@ -80,14 +79,14 @@ export class PodController {
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
+    this.queue.stop();
     for (const w of this.work.values()) clearTimeout(w.retryTimer);
     await this.reflector.stop();
   }
 
   /** The runtime says the pod's state changed: post its status (through the queue, one worker per pod). */
   changed(uid: string): void {
-    this.enqueue(uid);
+    this.queue.enqueue(uid);
   }
 
   event(pod: V1Pod, type: EventType, reason: string, message: string): void {
@@ -128,30 +127,7 @@ export class PodController {
     } else {
       this.work.set(uid, { pod, gone, backoff: new Backoff(1000, 60_000) });
     }
-    this.enqueue(uid);
-  }
-
-  private enqueue(uid: string): void {
-    if (this.stopped) return;
-    if (this.running.has(uid)) {
-      this.again.add(uid);
-      return;
-    }
-    if (!this.queue.includes(uid)) this.queue.push(uid);
-    this.pump();
-  }
-
-  private pump(): void {
-    const limit = this.o.concurrency ?? 4;
-    while (this.running.size < limit && this.queue.length) {
-      const uid = this.queue.shift()!;
-      this.running.add(uid);
-      void this.process(uid).finally(() => {
-        this.running.delete(uid);
-        if (this.again.delete(uid)) this.enqueue(uid);
-        this.pump();
-      });
-    }
+    this.queue.enqueue(uid);
   }
 
   private async process(uid: string): Promise<void> {
@@ -201,7 +177,7 @@ export class PodController {
       clearTimeout(w.retryTimer);
       w.retryTimer = setTimeout(() => {
         w.retryAt = undefined;
-        this.enqueue(uid);
+        this.queue.enqueue(uid);
       }, delay);
       w.retryTimer.unref();
     }
