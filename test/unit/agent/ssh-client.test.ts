@@ -12,6 +12,7 @@ import ssh2, { type Connection } from 'ssh2';
 import { SshConnection, SshError, type SshConnectOptions } from '../../../src/agent/ssh/client.ts';
 import { fingerprint, readPin } from '../../../src/agent/ssh/host-key.ts';
 import { freePort } from '../../harness/processes.ts';
+import { ed25519Key } from '../helpers/ssh-key.ts';
 
 interface TestServer {
   port: number;
@@ -24,7 +25,7 @@ interface TestServer {
  * 'keyboard-interactive' it offers only that method and asks for the password as PAM does (macOS).
  */
 async function startServer(auth: 'password' | 'keyboard-interactive' = 'password'): Promise<TestServer> {
-  const key = utils.generateKeyPairSync('ed25519');
+  const key = ed25519Key();
   const parsed = utils.parseKey(key.public);
   if (parsed instanceof Error) throw parsed;
   const connections = new Set<Connection>();

@@ -6,10 +6,11 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import ssh2 from 'ssh2';
 import { authMethods, credentialsFromSecret, loadSshCredentials } from '../../../src/agent/ssh/credentials.ts';
+import { ed25519Key } from '../helpers/ssh-key.ts';
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
 const meta = { name: 'mac-login', namespace: 'ci' };
-const key = ssh2.utils.generateKeyPairSync('ed25519');
+const key = ed25519Key();
 
 test('kubernetes.io/basic-auth: username and password, base64-decoded from data', () => {
   const creds = credentialsFromSecret({ type: 'kubernetes.io/basic-auth', metadata: meta, data: { username: b64('admin'), password: b64("p@ss w'rd é") } });

@@ -235,9 +235,13 @@ test('a consumer that stops early frees the connection: the client then closes a
 });
 
 test('an aborted download stops with Aborted and is not retried', async () => {
-  const registry = await serve((_req, res) => sendPart(res, BLOB, 1000, true));
   const controller = new AbortController();
-  setTimeout(() => controller.abort(), 100);
+  // Aborted once the download is under way (a timer from the test's start could fire before the request
+  // is even sent on a loaded machine).
+  const registry = await serve((_req, res) => {
+    sendPart(res, BLOB, 1000, true);
+    setTimeout(() => controller.abort(), 50);
+  });
   await assert.rejects(collect(client(registry.host, { stallTimeoutMs: 5000 }).downloadBlob(`${registry.host}/team/vm:1`, DESC, { signal: controller.signal })), (err: unknown) =>
     err instanceof RegistryError && err.reason === 'Aborted',
   );
