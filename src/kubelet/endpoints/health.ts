@@ -1,6 +1,7 @@
 // /healthz and /configz of the kubelet API. /healthz answers "ok" while the server serves (with
 // ?verbose, the checks one per line, as the kubelet's healthz handler); /configz is the effective
 // configuration in the kubelet's shape, {"kubeletconfig": {...KubeletConfiguration v1beta1...}}.
+import { goDuration } from '../../kube/go-duration.ts';
 import type { KubeletServer } from '../server.ts';
 import { sendJson, sendText } from '../server.ts';
 
@@ -63,14 +64,3 @@ export function kubeletConfiguration(c: KubeletConfigView): Record<string, unkno
   };
 }
 
-/** A duration as Go's time.Duration.String() writes it: "2m0s", "30s", "1h0m0s", "250ms". */
-export function goDuration(ms: number): string {
-  if (ms === 0) return '0s';
-  if (ms < 1000) return `${ms}ms`;
-  const h = Math.floor(ms / 3_600_000);
-  const m = Math.floor((ms % 3_600_000) / 60_000);
-  const s = (ms % 60_000) / 1000;
-  if (h > 0) return `${h}h${m}m${s}s`;
-  if (m > 0) return `${m}m${s}s`;
-  return `${s}s`;
-}

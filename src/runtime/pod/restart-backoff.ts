@@ -3,6 +3,8 @@
 // as the kubelet does) starts the sequence over. No jitter: the kubelet has none, and a user reading
 // "back-off 40s restarting failed container" expects 40 s. Pure: run times are arguments.
 
+import { goDuration } from '../../kube/go-duration.ts';
+
 export interface RestartBackoffOptions {
   initialMs?: number;
   maxMs?: number;
@@ -34,9 +36,6 @@ export class RestartBackoff {
 
   /** "10s", "1m20s", "5m0s": Go's duration format, which the kubelet's BackOff messages use. */
   static format(ms: number): string {
-    const s = Math.round(ms / 1000);
-    if (s < 60) return `${s}s`;
-    const m = Math.floor(s / 60);
-    return `${m}m${s % 60}s`;
+    return goDuration(ms);
   }
 }

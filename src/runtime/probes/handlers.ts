@@ -9,6 +9,7 @@ import http2 from 'node:http2';
 import net, { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
+import { goDuration } from '../../kube/go-duration.ts';
 import { KUBERNETES_VERSION } from '../../version.ts';
 import { expand } from '../pod/env.ts';
 
@@ -710,18 +711,6 @@ function goQuote(s: string): string {
   return JSON.stringify(s).replace(/\\u00([0-9a-f]{2})/g, '\\x$1');
 }
 
-/** time.Duration's String for whole milliseconds: 1s, 1.5s, 1m30s, 1h0m0s. */
-export function goDuration(ms: number): string {
-  if (ms === 0) return '0s';
-  if (ms < 1000) return `${ms}ms`;
-  const h = Math.floor(ms / 3_600_000);
-  const m = Math.floor((ms % 3_600_000) / 60_000);
-  const s = (ms % 60_000) / 1000;
-  const sec = `${Number.isInteger(s) ? s : s.toFixed(3).replace(/0+$/, '')}s`;
-  if (h) return `${h}h${m}m${sec}`;
-  if (m) return `${m}m${sec}`;
-  return sec;
-}
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);

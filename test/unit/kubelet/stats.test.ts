@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { V1Pod } from '@kubernetes/client-node';
-import { goDuration, kubeletConfiguration } from '../../../src/kubelet/endpoints/health.ts';
+import { goDuration } from '../../../src/kube/go-duration.ts';
+import { kubeletConfiguration } from '../../../src/kubelet/endpoints/health.ts';
 import { resourceMetricsText } from '../../../src/kubelet/endpoints/metrics.ts';
 import { buildSummary, CpuRates, readHost, type HostReadings } from '../../../src/kubelet/endpoints/stats.ts';
 import { parsePrometheus } from './prometheus-text.ts';
