@@ -34,9 +34,6 @@ interface Work {
   pod: V1Pod;
   gone: boolean;
   backoff: Backoff;
-  retryTimer?: NodeJS.Timeout;
-  /** Until then a failed sync is not tried again (status changes are still posted). */
-  retryAt?: number;
 }
 
 export class PodController {
@@ -80,7 +77,6 @@ export class PodController {
 
   async stop(): Promise<void> {
     this.queue.stop();
-    for (const w of this.work.values()) clearTimeout(w.retryTimer);
     await this.reflector.stop();
   }
 
@@ -155,7 +151,8 @@ export class PodController {
         this.work.delete(uid);
         return;
       }
-      const backingOff = w.retryAt !== undefined && Date.now() < w.retryAt;
+      // Until a failed sync's back-off has passed it is not tried again (status changes are still posted).
+      const backingOff = this.queue.backingOff(uid);
       // sync() returns at once for a pod whose VM runs or is starting; a Running pod whose VM died and
       // whose back-off has passed gets its VM booted again here.
       if (!backingOff) {
@@ -171,15 +168,9 @@ export class PodController {
       if (!backingOff) w.backoff.reset();
     } catch (err) {
       const delay = w.backoff.next();
-      w.retryAt = Date.now() + delay;
+      this.queue.retryAfter(uid, delay);
       this.o.log.warn({ pod: name, err: describeApiError(err), retryInMs: delay }, 'pod sync failed; will retry');
       await this.postStatus(w).catch(() => undefined);
-      clearTimeout(w.retryTimer);
-      w.retryTimer = setTimeout(() => {
-        w.retryAt = undefined;
-        this.queue.enqueue(uid);
-      }, delay);
-      w.retryTimer.unref();
     }
   }
 
