@@ -598,19 +598,31 @@ export class PodRuntime implements KubeletProvider {
   }
 
   /** The pod is evicted (Failed, reason Evicted, in the kubelet's words) and its VM stopped. */
-  private async evict(rec: PodRecord, message: string): Promise<void> {
+  private evict(rec: PodRecord, message: string): Promise<void> {
+    return this.endPod(rec, { reason: 'Evicted', message, eventType: 'Warning', killed: 'killed: the pod was evicted' });
+  }
+
+  /**
+   * The pod fails for good while it runs (evicted, past its deadline), as the kubelet ends one: Failed with
+   * the reason, its running container terminated (137), an Event, no restarts, the VM stopped within the
+   * grace period (after a start under way has settled).
+   */
+  private async endPod(rec: PodRecord, o: { reason: string; message: string; eventType: EventType; killed: string }): Promise<void> {
     const pod = rec.pod;
     const running = rec.state.container.state;
     rec.state = {
-      ...rec.state, phase: 'Failed', waiting: { reason: 'Evicted', message },
+      ...rec.state, phase: 'Failed', waiting: { reason: o.reason, message: o.message },
       container: {
         ...rec.state.container, ready: false,
-        ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: 'killed: the pod was evicted', startedAt: running.startedAt, finishedAt: new Date() } } : {}),
+        ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: o.killed, startedAt: running.startedAt, finishedAt: new Date() } } : {}),
       },
     };
+    const queued = this.queue.indexOf(pod.metadata!.uid!);
+    if (queued >= 0) this.queue.splice(queued, 1);
     this.finish(rec);
-    this.o.event(pod, 'Warning', 'Evicted', message);
+    this.o.event(pod, o.eventType, o.reason, o.message);
     this.o.changed(pod.metadata!.uid!);
+    await rec.busy?.catch(() => undefined);
     await this.release(rec, Math.max(pod.spec?.terminationGracePeriodSeconds ?? 30, 1) * 1000);
   }
 
@@ -741,23 +753,10 @@ export class PodRuntime implements KubeletProvider {
 
   private async deadlineExceeded(rec: PodRecord): Promise<void> {
     if (rec.removing || rec.state.phase === 'Succeeded' || rec.state.phase === 'Failed') return;
-    const message = 'Pod was active on the node longer than the specified deadline';
-    const running = rec.state.container.state;
-    rec.state = {
-      ...rec.state, phase: 'Failed', waiting: { reason: 'DeadlineExceeded', message },
-      container: {
-        ...rec.state.container, ready: false,
-        ...(running.kind === 'running' ? { state: { kind: 'terminated', exitCode: 137, reason: 'Error', message: 'killed: the pod\'s activeDeadlineSeconds passed', startedAt: running.startedAt, finishedAt: new Date() } } : {}),
-      },
-    };
-    const queued = this.queue.indexOf(rec.pod.metadata!.uid!);
-    if (queued >= 0) this.queue.splice(queued, 1);
-    this.finish(rec);
-    this.o.event(rec.pod, 'Normal', 'DeadlineExceeded', message);
-    this.o.changed(rec.pod.metadata!.uid!);
-    await rec.busy?.catch(() => undefined);
-    const grace = rec.pod.spec?.terminationGracePeriodSeconds ?? 30;
-    await this.release(rec, Math.max(grace, 1) * 1000);
+    await this.endPod(rec, {
+      reason: 'DeadlineExceeded', message: 'Pod was active on the node longer than the specified deadline',
+      eventType: 'Normal', killed: 'killed: the pod\'s activeDeadlineSeconds passed',
+    });
   }
 
   /** Updates pod.json in the VM's directory (what adopt() reads after a restart). */
