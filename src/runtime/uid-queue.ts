@@ -1,12 +1,10 @@
 // The work queue of pod controllers (the API's pods, static pods): one worker per pod UID at a time, at
 // most `concurrency` pods at once, and a UID queued again while its worker runs is worked once more
-// after it (never twice at the same time, never lost); a UID whose work failed is queued again once its
-// back-off has passed (`retryAfter`), and meanwhile `backingOff` says so. What a worker does is the caller's.
+// after it (never twice at the same time, never lost). What a worker does is the caller's.
 export class UidQueue {
   private readonly queue: string[] = [];
   private readonly running = new Set<string>();
   private readonly again = new Set<string>();
-  private readonly retries = new Map<string, { at: number; timer: NodeJS.Timeout }>();
   private stopped = false;
 
   constructor(
@@ -24,32 +22,9 @@ export class UidQueue {
     this.pump();
   }
 
-  /** Queues `uid` again in `delayMs` (replacing a retry already planned for it). */
-  retryAfter(uid: string, delayMs: number): void {
-    this.cancelRetry(uid);
-    const timer = setTimeout(() => {
-      this.retries.delete(uid);
-      this.enqueue(uid);
-    }, delayMs);
-    timer.unref();
-    this.retries.set(uid, { at: Date.now() + delayMs, timer });
-  }
-
-  /** A retry of `uid` is planned and its time has not come. */
-  backingOff(uid: string): boolean {
-    const r = this.retries.get(uid);
-    return r !== undefined && Date.now() < r.at;
-  }
-
-  cancelRetry(uid: string): void {
-    clearTimeout(this.retries.get(uid)?.timer);
-    this.retries.delete(uid);
-  }
-
-  /** Nothing new starts, planned retries included; workers under way finish. */
+  /** Nothing new starts; workers under way finish. */
   stop(): void {
     this.stopped = true;
-    for (const uid of [...this.retries.keys()]) this.cancelRetry(uid);
   }
 
   private pump(): void {

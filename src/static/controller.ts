@@ -29,6 +29,8 @@ interface Work {
   /** Why vmlet refuses to run it (it references API objects). */
   refused?: { reason: string; message: string; at: Date };
   backoff: Backoff;
+  retryAt?: number;
+  retryTimer?: NodeJS.Timeout;
   /** The status last logged, to log only changes. */
   logged?: string;
 }
@@ -62,7 +64,7 @@ export class StaticPodController {
     const w = this.work.get(uid);
     if (!w) return;
     w.gone = true;
-    this.queue.cancelRetry(uid);
+    clearTimeout(w.retryTimer);
     this.o.log.info({ pod: name(pod), uid }, 'static pod removed');
     this.queue.enqueue(uid);
   }
@@ -95,6 +97,7 @@ export class StaticPodController {
   /** Stops working: VMs keep running, for the next vmlet to adopt (their UIDs are stable). */
   async stop(): Promise<void> {
     this.queue.stop();
+    for (const w of this.work.values()) clearTimeout(w.retryTimer);
   }
 
   private status(uid: string, w: Work, now: Date): PodStatusJson | undefined {
@@ -121,7 +124,7 @@ export class StaticPodController {
         return;
       }
       if (!w.refused) {
-        const backingOff = this.queue.backingOff(uid);
+        const backingOff = w.retryAt !== undefined && Date.now() < w.retryAt;
         // As the PodController: sync() returns at once for a pod whose VM runs or is starting, and boots the
         // VM of a Running pod again once the back-off after its death has passed.
         if (!backingOff) {
@@ -134,9 +137,15 @@ export class StaticPodController {
       this.report(uid, w);
     } catch (err) {
       const delay = w.backoff.next();
-      this.queue.retryAfter(uid, delay);
+      w.retryAt = Date.now() + delay;
       this.o.log.warn({ pod: name(pod), uid, err: (err as Error).message.split('\n')[0], retryInMs: delay }, 'static pod sync failed; will retry');
       this.report(uid, w);
+      clearTimeout(w.retryTimer);
+      w.retryTimer = setTimeout(() => {
+        w.retryAt = undefined;
+        this.queue.enqueue(uid);
+      }, delay);
+      w.retryTimer.unref();
     }
   }
 

@@ -34,6 +34,9 @@ interface Work {
   pod: V1Pod;
   gone: boolean;
   backoff: Backoff;
+  retryTimer?: NodeJS.Timeout;
+  /** Until then a failed sync is not tried again (status changes are still posted). */
+  retryAt?: number;
 }
 
 export class PodController {
@@ -77,6 +80,7 @@ export class PodController {
 
   async stop(): Promise<void> {
     this.queue.stop();
+    for (const w of this.work.values()) clearTimeout(w.retryTimer);
     await this.reflector.stop();
   }
 
@@ -151,8 +155,7 @@ export class PodController {
         this.work.delete(uid);
         return;
       }
-      // Until a failed sync's back-off has passed it is not tried again (status changes are still posted).
-      const backingOff = this.queue.backingOff(uid);
+      const backingOff = w.retryAt !== undefined && Date.now() < w.retryAt;
       // sync() returns at once for a pod whose VM runs or is starting; a Running pod whose VM died and
       // whose back-off has passed gets its VM booted again here.
       if (!backingOff) {
@@ -168,9 +171,15 @@ export class PodController {
       if (!backingOff) w.backoff.reset();
     } catch (err) {
       const delay = w.backoff.next();
-      this.queue.retryAfter(uid, delay);
+      w.retryAt = Date.now() + delay;
       this.o.log.warn({ pod: name, err: describeApiError(err), retryInMs: delay }, 'pod sync failed; will retry');
       await this.postStatus(w).catch(() => undefined);
+      clearTimeout(w.retryTimer);
+      w.retryTimer = setTimeout(() => {
+        w.retryAt = undefined;
+        this.queue.enqueue(uid);
+      }, delay);
+      w.retryTimer.unref();
     }
   }
 

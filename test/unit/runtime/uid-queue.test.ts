@@ -55,20 +55,3 @@ test('at most `concurrency` UIDs at once, the rest in order; nothing new after s
   assert.equal(peak, 2);
   assert.ok(!done.includes('e'), 'e was queued after stop()');
 });
-
-test('a retry queues the UID again after its delay, backingOff says so meanwhile, and stop() cancels retries', async () => {
-  const worked: string[] = [];
-  const q = new UidQueue(async (uid) => {
-    worked.push(uid);
-  });
-  q.retryAfter('a', 30);
-  assert.equal(q.backingOff('a'), true);
-  assert.equal(q.backingOff('b'), false);
-  await new Promise((r) => setTimeout(r, 60));
-  assert.deepEqual(worked, ['a']);
-  assert.equal(q.backingOff('a'), false);
-  q.retryAfter('b', 30);
-  q.stop();
-  await new Promise((r) => setTimeout(r, 60));
-  assert.deepEqual(worked, ['a'], 'no retry after stop()');
-});
