@@ -7,7 +7,8 @@
 // Simulated host: FAKE_VZ_HOST_DIR names a directory shared by the fake helpers of one "Mac"; each running
 // macOS guest holds a file there, and a third macOS guest fails to start with VZErrorDomain code 6 (the
 // two-VM limit), as Virtualization.framework does. Knobs (environment): FAKE_VZ_LIMIT=1 fails every start
-// with code 6; FAKE_VZ_IGNORE_STOP=1 accepts `stop` but the "guest" never powers off. Test-only requests:
+// with code 6; FAKE_VZ_IGNORE_STOP=all accepts `stop` but the "guest" never powers off,
+// FAKE_VZ_IGNORE_STOP=N misses the first N requests (a guest still booting). Test-only requests:
 // {"op":"_guestPowerOff"} makes the "guest" power off on its own; {"op":"_crash"} makes the VM stop with
 // an error (Virtualization.framework's didStopWithError), after which the helper exits 1.
 import { appendFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -27,6 +28,7 @@ const sessions = new Set<Socket>();
 const vsockServers: Server[] = [];
 let state: HelperState = 'idle';
 let stopRequested = false;
+let stopRequests = 0;
 let consoleFile: string | undefined;
 
 const send = (s: Socket, msg: object): void => {
@@ -110,7 +112,8 @@ async function handle(req: Record<string, unknown>): Promise<Answer> {
     case 'stop':
       if (state !== 'running') return { error: vzError(3, 'InvalidVirtualMachineState', `cannot request a stop in state ${state}`) };
       stopRequested = true;
-      if (process.env.FAKE_VZ_IGNORE_STOP !== '1') setTimeout(() => stopped('requested'), 50);
+      stopRequests++;
+      if (process.env.FAKE_VZ_IGNORE_STOP !== 'all' && stopRequests > Number(process.env.FAKE_VZ_IGNORE_STOP ?? 0)) setTimeout(() => stopped('requested'), 50);
       return { result: {} };
     case 'forceStop':
       setTimeout(() => stopped('forced'), 10);

@@ -73,6 +73,8 @@ export interface LifecycleOptions<P> {
   pollMs: number;
   /** Whether that check lets vmlet's event loop end. */
   unrefPoll: boolean;
+  /** How often the softer stop request is repeated until the deadline (default 10 s). */
+  softStopRepeatMs?: number | undefined;
   words: LifecycleWords;
 }
 
@@ -183,8 +185,16 @@ export abstract class ProcessVm<R extends LifecycleRecord, P extends { pid: numb
       this.record.intent = { kind: 'stop', message: this.lifecycle.words.softStopIntent };
       await this.persist();
       // Each request gets only what is left of the budget: a hung VM process must still be ended in time.
-      await this.softStop(() => Math.max(100, deadline - Date.now()), wasPaused);
-      if (await this.exitedBy(deadline)) return this.exitedPromise;
+      // The request is repeated: a guest still booting can miss it (an ACPI button pressed before the
+      // guest's handler listens is lost), and would otherwise be killed though it could have shut down.
+      const repeat = this.lifecycle.softStopRepeatMs ?? 10_000;
+      for (let first = true; ; first = false) {
+        await this.softStop(() => Math.max(100, deadline - Date.now()), first && wasPaused);
+        const next = Math.min(deadline, Date.now() + repeat);
+        if (await this.exitedBy(next)) return this.exitedPromise;
+        if (next >= deadline) break;
+        this.lifecycle.log.debug({ vm: this.spec.id }, 'the guest has not shut down yet: asking again');
+      }
     }
     await this.setIntent({ kind: 'kill', message: `did not shut down within ${seconds} s of a stop request; ${this.lifecycle.words.hardStopped}` });
     await this.hardStop();

@@ -27,6 +27,8 @@ export interface VzDriverOptions {
   pollMs?: number;
   /** Environment of the helper processes (default: vmlet's). */
   env?: NodeJS.ProcessEnv;
+  /** How often a stop request the guest has not acted on is repeated (default 10 s). */
+  softStopRepeatMs?: number;
 }
 
 export class VzDriver implements Hypervisor {
@@ -35,7 +37,7 @@ export class VzDriver implements Hypervisor {
   private constructor(
     private readonly helperArgv: string[],
     private readonly version: string,
-    private readonly opts: Required<Pick<VzDriverOptions, 'startTimeoutMs' | 'pollMs'>> & { log: DriverLogger; env?: NodeJS.ProcessEnv },
+    private readonly opts: Required<Pick<VzDriverOptions, 'startTimeoutMs' | 'pollMs'>> & { log: DriverLogger; env?: NodeJS.ProcessEnv; softStopRepeatMs?: number },
   ) {}
 
   static async open(opts: VzDriverOptions = {}): Promise<VzDriver> {
@@ -51,6 +53,7 @@ export class VzDriver implements Hypervisor {
       startTimeoutMs: opts.startTimeoutMs ?? 60_000,
       pollMs: opts.pollMs ?? 1000,
       ...(opts.env ? { env: opts.env } : {}),
+      ...(opts.softStopRepeatMs ? { softStopRepeatMs: opts.softStopRepeatMs } : {}),
     });
     log.info({ helper: helper.join(' ') }, `vz driver: ${driver.describe()}`);
     return driver;
@@ -75,6 +78,6 @@ export class VzDriver implements Hypervisor {
   }
 
   private context() {
-    return { helperArgv: this.helperArgv, log: this.opts.log, startTimeoutMs: this.opts.startTimeoutMs, pollMs: this.opts.pollMs, ...(this.opts.env ? { env: this.opts.env } : {}) };
+    return { helperArgv: this.helperArgv, log: this.opts.log, startTimeoutMs: this.opts.startTimeoutMs, pollMs: this.opts.pollMs, softStopRepeatMs: this.opts.softStopRepeatMs, ...(this.opts.env ? { env: this.opts.env } : {}) };
   }
 }

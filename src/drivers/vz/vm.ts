@@ -32,6 +32,8 @@ export interface VzVmContext {
   startTimeoutMs: number;
   /** How often a helper that is not vmlet's child is checked for. */
   pollMs: number;
+  /** How often a stop request the guest has not acted on is repeated (default 10 s). */
+  softStopRepeatMs?: number | undefined;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -49,6 +51,7 @@ export class VzVm extends ProcessVm<VzRecord, VzProcess, VzControl> {
       signalProcess: signalHelper,
       pollMs: ctx.pollMs,
       unrefPoll: true,
+      softStopRepeatMs: ctx.softStopRepeatMs,
       words: {
         agentChannel: "the agent's vsock proxy",
         softStopIntent: 'stopped by vmlet with a stop request to the guest (requestStop)',

@@ -46,8 +46,9 @@ if (real) {
     'VMLET_VZ_HELPER is set, so this suite runs against the real helper: set VMLET_VZ_TEST_GUEST to a directory with kernel (uncompressed arm64 Image) and disk.img (raw), optionally initrd and cmdline');
 }
 
-function driver(env: Record<string, string> = {}): Promise<VzDriver> {
+function driver(env: Record<string, string> = {}, more: Partial<VzDriverOptions> = {}): Promise<VzDriver> {
   const opts: VzDriverOptions = {
+    ...more,
     helper: real ? [realHelper] : [process.execPath, '--import', 'tsx', fake],
     startTimeoutMs: 20_000 * slow,
     pollMs: 100,
@@ -195,7 +196,7 @@ describe(`vz helper conformance (${real ? `real helper ${realHelper}` : 'fake he
 
   test('a guest that does not power off after the stop request is stopped by force at the deadline', async () => {
     // The fake ignores the request when told to; a real guest cannot act on it within a second of boot.
-    const d = await driver({ FAKE_VZ_IGNORE_STOP: '1' });
+    const d = await driver({ FAKE_VZ_IGNORE_STOP: 'all' });
     const vm = await start(d, linuxSpec('stubborn'));
     const t0 = Date.now();
     const exit = await vm.stop({ timeoutMs: 1000 });
@@ -203,6 +204,14 @@ describe(`vz helper conformance (${real ? `real helper ${realHelper}` : 'fake he
     assert.match(exit.message, /did not shut down within 1\.0 s of a stop request; stopped by force/);
     assert.ok(Date.now() - t0 < 10_000);
     assert.equal(vm.state(), 'exited');
+  });
+
+  test('a stop request the guest misses (still booting) is repeated until it powers off', { skip: real && 'the fake decides which requests the guest misses' }, async () => {
+    const d = await driver({ FAKE_VZ_IGNORE_STOP: '2' }, { softStopRepeatMs: 200 });
+    const vm = await start(d, linuxSpec('booting'));
+    const exit = await vm.stop({ timeoutMs: 20_000 });
+    assert.equal(exit.reason, 'Stopped', exit.message);
+    assert.match(exit.message, /requestStop/);
   });
 
   test('a VM that crashes mid-run: exited resolves Crashed with what Virtualization.framework said', async () => {
