@@ -89,8 +89,10 @@ interface PodRecord {
   pullFailures?: number;
   /** The main process's (or, without one, the VM's) crash-loop back-off. */
   backoff: RestartBackoff;
-  /** After the VM died: no new VM before this time (its back-off). */
+  /** After the VM died, or a start failed on the pod's config: no new start before this time. */
   notBefore?: number;
+  /** The config error (reason: message) of the last start, kept in view while the pod waits to retry. */
+  configError?: string;
   /** Aborted when the pod is removed or has finished: ends back-off waits, init containers and timers. */
   done: AbortController;
   /** activeDeadlineSeconds. */
@@ -108,6 +110,12 @@ interface PodRecord {
 
 /** How often a running pod's configMap/secret/downwardAPI/projected volumes are compared with their sources. */
 const VOLUME_REFRESH_MS = 15_000;
+
+/**
+ * How soon a start that failed on the pod's config (a missing ConfigMap, Secret or key, a hostPath that is
+ * not there, an image absent with pull policy Never) is tried again: the kubelet's pod worker back-off.
+ */
+const CONFIG_RETRY_MS = 10_000;
 
 /** How long a postStart hook may take before the container is killed for it. */
 const POST_START_TIMEOUT_MS = 120_000;
@@ -197,7 +205,8 @@ export class PodRuntime implements KubeletProvider {
     if (this.queue[0] !== uid || this.activeCount() >= this.o.vmSlots) {
       const ahead = this.queue.indexOf(uid);
       const message = `all ${this.o.vmSlots} VM slots of node ${this.o.nodeName} are in use; the pod starts when one frees (${ahead} pod${ahead === 1 ? '' : 's'} ahead of it)`;
-      this.setWaiting(rec, 'WaitingForVmSlot', message);
+      // A config error of the last try stays in view: it is what the owner has to fix.
+      if (!rec.configError) this.setWaiting(rec, 'WaitingForVmSlot', message);
       if (!rec.toldWaiting) this.o.event(pod, 'Normal', 'WaitingForVmSlot', message);
       rec.toldWaiting = true;
       return;
@@ -205,6 +214,8 @@ export class PodRuntime implements KubeletProvider {
     this.queue.shift();
     rec.busy = this.start(rec).finally(() => {
       rec.busy = undefined;
+      // A start that ended without a VM (an error, a config to fix) frees its slot for the next in line.
+      if (!rec.instance) this.kickQueue();
     });
     await rec.busy;
   }
@@ -271,6 +282,7 @@ export class PodRuntime implements KubeletProvider {
       // cannot set it still runs the pod.
       await instance.agent.setHostname(pod.spec!.hostname ?? pod.metadata!.name!).catch((err: Error) => o.log.warn({ uid, err: err.message }, 'setting the hostname in the VM failed'));
       took.setUp = Date.now() - t0;
+      rec.configError = undefined;
       rec.state = { ...rec.state, vmReady: true, podIP: o.hostIP };
       const imageID = `${container.image}@${image.digest}`;
       if (!(await this.runInitContainers(rec, instance, imageID, facts))) return;
@@ -299,8 +311,19 @@ export class PodRuntime implements KubeletProvider {
         this.setWaiting(rec, err.reason, err.message);
         if (rec.instance) await this.release(rec, 5000);
         // InvalidVmSize is final: fail() posts its Event.
-        if (err.reason === 'InvalidVmSize') this.fail(rec, err.reason, err.message);
-        else o.event(pod, 'Warning', err.reason === 'FailedMount' ? 'FailedMount' : err.reason === 'ErrImageNeverPull' ? 'ErrImageNeverPull' : 'Failed', err.message);
+        if (err.reason === 'InvalidVmSize') {
+          this.fail(rec, err.reason, err.message);
+          return;
+        }
+        // The rest is tried again after CONFIG_RETRY_MS (the owner may create the ConfigMap meanwhile); its
+        // Event is posted again only when the error changes.
+        const said = `${err.reason}: ${err.message}`;
+        if (rec.configError !== said) o.event(pod, 'Warning', err.reason === 'FailedMount' ? 'FailedMount' : err.reason === 'ErrImageNeverPull' ? 'ErrImageNeverPull' : 'Failed', err.message);
+        rec.configError = said;
+        rec.notBefore = Date.now() + CONFIG_RETRY_MS;
+        void sleep(CONFIG_RETRY_MS, rec.done.signal).then(() => {
+          if (!rec.done.signal.aborted) this.o.changed(uid);
+        });
         return;
       }
       if (e instanceof VmError && e.reason === 'InvalidVmSize') {

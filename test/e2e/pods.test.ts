@@ -194,7 +194,7 @@ test('configMap, secret, downwardAPI and emptyDir volumes are in the guest at th
   await waitFor('no VM left', async () => ((await vmProcesses()).length === 0 ? true : undefined), { timeoutMs: 30_000 });
 });
 
-test('a pod whose ConfigMap does not exist waits with FailedMount and an Event naming it', async () => {
+test('a pod whose ConfigMap does not exist waits with FailedMount and an Event naming it, and starts once the ConfigMap is created', async () => {
   const manifest = podManifest('no-config', { volumes: [{ name: 'config', configMap: { name: 'missing-config' } }] }, { volumeMounts: [{ name: 'config', mountPath: '/etc/app' }] });
   assert.equal((await apply(manifest)).code, 0);
   const waiting = await waitFor('pod no-config FailedMount', async () => {
@@ -202,8 +202,14 @@ test('a pod whose ConfigMap does not exist waits with FailedMount and an Event n
     return w?.reason === 'FailedMount' ? w : undefined;
   }, { timeoutMs: 60_000, intervalMs: 500 });
   assert.match(waiting.message ?? '', /configmap "missing-config" not found/);
-  assert.ok((await events('no-config')).some((e) => e.reason === 'FailedMount' && /missing-config/.test(e.message ?? '')));
-  await kubectl('delete', 'pod', 'no-config', '--wait=true', '--timeout=60s');
+  // Retried (every 10 s) without an Event per try: the error did not change.
+  await new Promise((r) => setTimeout(r, 15_000));
+  const failedMounts = (await events('no-config')).filter((e) => e.reason === 'FailedMount' && /missing-config/.test(e.message ?? ''));
+  assert.equal(failedMounts.length, 1, 'one FailedMount Event while the error stays the same');
+  assert.equal((await getPod('no-config')).status?.containerStatuses?.[0]?.state?.waiting?.reason, 'FailedMount', 'still waiting on the ConfigMap');
+  await kubectl('create', 'configmap', 'missing-config', '--from-literal=greeting=late');
+  await waitFor('pod no-config Running', async () => ((await getPod('no-config')).status?.phase === 'Running' ? true : undefined), { timeoutMs: 180_000, intervalMs: 1000 });
+  await kubectl('delete', 'pod', 'no-config', '--wait=true', '--timeout=120s');
 });
 
 test('an image in a registry that needs credentials: ErrImagePull without them, Running with the pod\'s imagePullSecrets', async () => {
