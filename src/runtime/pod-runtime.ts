@@ -27,7 +27,7 @@ import { PodSpecError } from './pod/errors.ts';
 import { vmSize, type NodeVmSizing } from './pod/sizing.ts';
 import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
 import { agentProbeTarget } from './probes/agent-target.ts';
-import { HOOK_FAILURE, runHandler, type ProbeTarget } from './probes/handlers.ts';
+import { HOOK_FAILURE, POST_START_TIMEOUT_MS, runHandler, type ProbeTarget } from './probes/handlers.ts';
 import { ContainerProber } from './probes/prober.ts';
 import type { ContainerRuntimeState, PodRuntimeState } from './pod/status.ts';
 import { checkPod, checkRuntimeClass, podWarnings, sidecarContainers, vmContainer, vmContainerIndex, type RuntimeClassRef } from './pod/validate.ts';
@@ -117,9 +117,6 @@ const VOLUME_REFRESH_MS = 15_000;
  */
 const CONFIG_RETRY_MS = 10_000;
 
-/** How long a postStart hook may take before the container is killed for it. */
-const POST_START_TIMEOUT_MS = 120_000;
-
 /** What pod.json in a VM directory records: enough to adopt the VM after a restart. */
 interface PodMeta {
   uid: string;
@@ -182,6 +179,8 @@ export class PodRuntime implements KubeletProvider {
       this.pods.set(uid, rec);
     }
     rec.pod = pod;
+    // A sidecar whose image changed in the spec is restarted with it.
+    rec.sidecars?.update(pod);
     if (rec.removing || rec.state.phase === 'Failed' || rec.state.phase === 'Succeeded') return;
     this.armDeadline(rec);
     if (rec.instance && !rec.busy) this.refreshVolumes(rec, rec.instance);

@@ -5,9 +5,14 @@
 // restart (engine.list(podUid)), and stops and removes them when the pod goes. PodRuntime owns the VM;
 // this module owns the sidecars and tells PodRuntime when their states changed.
 //
-// Networking: the first sidecar is on the engine's bridge network with its containerPorts published on the
-// pod IP (the host's); the others join its network namespace (`container:<id>`), so `localhost` is shared
-// between sidecars, and the VM and the sidecars reach each other on the pod IP.
+// Networking: the first sidecar is on the engine's bridge network with the containerPorts of every sidecar
+// published on the pod IP (the host's); the others join its network namespace (`container:<id>`), so
+// `localhost` is shared between sidecars, and the VM and the sidecars reach each other on the pod IP. A new
+// run of the first sidecar is a new network namespace: the others are restarted to join it.
+//
+// Each sidecar has what a container has on any node: postStart and preStop hooks and startup, liveness
+// and readiness probes (src/runtime/probes/, run through the engine: probes/engine-target.ts), and a
+// changed definition (a new image in the pod's spec) restarts it.
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import type { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -17,7 +22,11 @@ import type { SidecarEngine, SidecarSummary } from '../sidecars/engine.ts';
 import { SidecarEngineError, SidecarEngineUnavailable } from '../sidecars/errors.ts';
 import type { SidecarMount } from '../sidecars/spec.ts';
 import type { SidecarProcess, SidecarStreamOptions } from '../sidecars/streams.ts';
+import { containerHash } from '../sidecars/spec.ts';
 import { expand } from './pod/env.ts';
+import { engineProbeTarget } from './probes/engine-target.ts';
+import { HOOK_FAILURE, POST_START_TIMEOUT_MS, runHandler, type ProbeTarget } from './probes/handlers.ts';
+import { ContainerProber } from './probes/prober.ts';
 import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
 import type { ContainerRuntimeState } from './pod/status.ts';
 import { sidecarContainers } from './pod/validate.ts';
@@ -48,13 +57,26 @@ interface Member {
   id?: string;
   previousId?: string;
   backoff: RestartBackoff;
+  /** The probes of the current run. */
+  prober?: ContainerProber;
+  /** Why vmlet stopped the current run (a probe, postStart, a new definition): its termination message. */
+  killedFor?: string;
+  /** The next run starts at once, not after the back-off: vmlet stopped this one (a new network, a new definition). */
+  restartNow?: boolean;
+  /** The current run's address on the engine's network (the first sidecar's is the pod's). */
+  ip?: string;
+  /** The run of the first sidecar whose network namespace this run joined. */
+  joined?: string;
 }
 
 export class SidecarSet {
   private readonly members: Member[];
   private readonly done = new AbortController();
+  /** The pod as last seen (update()). */
+  private pod: V1Pod;
 
   constructor(private readonly o: SidecarSetOptions) {
+    this.pod = o.pod;
     this.members = sidecarContainers(o.pod).map((c) => ({
       container: c,
       state: { name: c.name, image: c.image ?? '', state: { kind: 'waiting', reason: 'ContainerCreating' }, ready: false, started: false, restartCount: 0 },
@@ -87,11 +109,12 @@ export class SidecarSet {
   async adopt(): Promise<void> {
     let found: SidecarSummary[];
     try {
-      found = await (await this.o.engine()).list(this.o.pod.metadata!.uid);
+      found = await (await this.o.engine()).list(this.pod.metadata!.uid);
     } catch (err) {
-      this.o.log.warn({ uid: this.o.pod.metadata!.uid, err: (err as Error).message }, 'listing the sidecars of an adopted pod failed');
+      this.o.log.warn({ uid: this.pod.metadata!.uid, err: (err as Error).message }, 'listing the sidecars of an adopted pod failed');
       found = [];
     }
+    let adoptedFirst: string | undefined;
     for (const m of this.members) {
       if (this.done.signal.aborted) return;
       const mine = found.filter((s) => s.containerName === m.container.name).sort((a, b) => b.restartCount - a.restartCount);
@@ -101,11 +124,20 @@ export class SidecarSet {
         m.previousId = mine[1]?.id;
         const engine = await this.o.engine();
         const s = await engine.inspect(current.id).catch(() => undefined);
+        m.ip = s?.ipAddress;
+        if (m === this.members[0]) adoptedFirst = current.id;
+        const startedAt = s?.startedAt ?? current.created;
         m.state = {
           ...m.state, restartCount: current.restartCount, containerID: `docker://${current.id}`, imageID: s?.imageID ?? '',
-          state: { kind: 'running', startedAt: s?.startedAt ?? current.created }, ready: true, started: true,
+          state: { kind: 'running', startedAt }, ready: false, started: false,
         };
         this.watch(m, current.id);
+        if (current.containerHash && current.containerHash !== containerHash(m.container)) {
+          // The pod's spec changed while no vmlet watched (a new image): as the kubelet, restart it.
+          this.changedDefinition(m);
+        } else {
+          this.startProbes(m, current.id, startedAt);
+        }
         continue;
       }
       if (current) {
@@ -114,6 +146,11 @@ export class SidecarSet {
       }
       await this.run(m);
     }
+    // Running sidecars joined the first one's network when it was running; a first one started anew here
+    // has a new network, which rejoin() (from run()) could not move them to, as they were not adopted yet.
+    const first = this.members[0];
+    for (const m of this.members.slice(1)) if (m.id && !m.joined && first?.id && adoptedFirst === first.id) m.joined = first.id;
+    if (first?.id) this.rejoin(first);
     this.o.changed();
   }
 
@@ -122,22 +159,149 @@ export class SidecarSet {
     this.done.abort();
   }
 
-  /** The pod goes: every sidecar is stopped within `graceSeconds` (in parallel), then removed. */
+  /**
+   * The pod goes: every sidecar (in parallel) gets its preStop hook and then the engine's stop (SIGTERM,
+   * SIGKILL when the grace period ends), all within `graceSeconds`; then they are removed.
+   */
   async stop(graceSeconds: number): Promise<void> {
     this.done.abort();
+    for (const m of this.members) {
+      m.prober?.stop();
+      m.prober = undefined;
+    }
     let engine: SidecarEngine;
     try {
       engine = await this.o.engine();
     } catch {
       return;
     }
-    const uid = this.o.pod.metadata!.uid!;
+    const uid = this.pod.metadata!.uid!;
+    const deadline = Date.now() + graceSeconds * 1000;
     await Promise.all(this.members.map(async (m) => {
-      if (!m.id) return;
-      await engine.stop(m.id, graceSeconds).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, `stopping sidecar ${m.container.name} failed`));
+      if (m.id) await this.stopRun(engine, m, m.id, deadline);
     }));
     const all = await engine.list(uid).catch(() => []);
     await Promise.all(all.map((s) => engine.remove(s.id, { force: true }).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, `removing sidecar ${s.engineName} failed`))));
+  }
+
+  /**
+   * The pod's spec changed: a sidecar whose definition changed (its image: the one field of a container
+   * the API lets change) is restarted with the new one, as the kubelet does.
+   */
+  update(pod: V1Pod): void {
+    this.pod = pod;
+    if (this.done.signal.aborted) return;
+    const next = new Map(sidecarContainers(pod).map((c) => [c.name, c]));
+    for (const m of this.members) {
+      const c = next.get(m.container.name);
+      if (!c || containerHash(c) === containerHash(m.container)) continue;
+      m.container = c;
+      m.state = { ...m.state, image: c.image ?? '' };
+      // A run of the old definition is replaced; one still to come takes the new one anyway.
+      if (m.id && m.state.state.kind === 'running') this.changedDefinition(m);
+    }
+  }
+
+  private changedDefinition(m: Member): void {
+    const message = `Container ${m.container.name} definition changed, will be restarted`;
+    this.o.event('Normal', 'Killing', message);
+    m.restartNow = true;
+    void this.kill(m, m.id!, message, undefined);
+  }
+
+  /**
+   * A new run of the first sidecar has a new network namespace: the others, still in the old one, are
+   * restarted (at once) to join it, so that `localhost` stays shared.
+   */
+  private rejoin(first: Member): void {
+    for (const m of this.members) {
+      if (m === first || !m.id || m.state.state.kind !== 'running' || m.joined === first.id) continue;
+      const message = `Container ${m.container.name} shares the network of container ${first.container.name}, which was started again; restarting it to join the new network`;
+      this.o.event('Normal', 'Killing', message);
+      m.restartNow = true;
+      void this.kill(m, m.id, message, undefined);
+    }
+  }
+
+  /** Ends the run `id` of a sidecar for a restart (a failed probe or postStart, a new definition, a new network). */
+  private async kill(m: Member, id: string, why: string, graceSeconds: number | undefined): Promise<void> {
+    if (m.id !== id) return;
+    m.prober?.stop();
+    m.prober = undefined;
+    m.killedFor = why;
+    this.o.log.info({ uid: this.pod.metadata!.uid, container: m.container.name, why }, 'killing a sidecar');
+    const grace = graceSeconds ?? this.pod.spec?.terminationGracePeriodSeconds ?? 30;
+    const engine = await this.o.engine().catch(() => undefined);
+    if (engine) await this.stopRun(engine, m, id, Date.now() + Math.max(grace, 1) * 1000);
+  }
+
+  /** The kubelet's container stop: preStop, then SIGTERM, then SIGKILL at `deadline`. */
+  private async stopRun(engine: SidecarEngine, m: Member, id: string, deadline: number): Promise<void> {
+    const c = m.container;
+    const preStop = c.lifecycle?.preStop;
+    if (preStop && m.state.state.kind === 'running') {
+      const r = await runHandler(preStop, this.target(m), c, Math.max(deadline - Date.now(), 1000), { pod: this.pod.metadata! });
+      for (const e of r.events ?? []) this.o.event(e.type, e.reason, e.message);
+      if (!r.ok && !r.timedOut) {
+        this.o.event('Warning', HOOK_FAILURE.preStop.reason, HOOK_FAILURE.preStop.message);
+        this.o.log.warn({ uid: this.pod.metadata!.uid, container: c.name, message: r.message }, 'preStop hook failed');
+      }
+    }
+    const seconds = Math.max(1, Math.ceil((deadline - Date.now()) / 1000));
+    await engine.stop(id, seconds).catch((err: Error) => this.o.log.warn({ uid: this.pod.metadata!.uid, err: err.message }, `stopping sidecar ${c.name} failed`));
+  }
+
+  /** What a sidecar's probes and hooks run against: its current run, through the engine. */
+  private target(m: Member): ProbeTarget {
+    return engineProbeTarget({
+      engine: () => this.o.engine(),
+      id: () => (m.state.state.kind === 'running' ? m.id : undefined),
+      endpoint: async (port) => {
+        // Published on the pod IP by the first sidecar, for any sidecar's containerPort; else the shared
+        // network namespace's address on the engine's network.
+        const published = this.members.flatMap((x) => x.container.ports ?? []).find((p) => p.containerPort === port && (p.protocol ?? 'TCP') === 'TCP');
+        if (published) return { host: published.hostIP ?? this.o.hostIP, port: published.hostPort ?? published.containerPort };
+        const ip = this.members[0]!.ip;
+        return ip ? { host: ip, port } : undefined;
+      },
+      podIP: this.o.hostIP,
+    });
+  }
+
+  /**
+   * A run has started: its postStart hook (a failure kills the run, as on any node, and the restart
+   * policy takes it from there), then its probes.
+   */
+  private async started(m: Member, id: string, startedAt: Date): Promise<void> {
+    const c = m.container;
+    const postStart = c.lifecycle?.postStart;
+    if (postStart) {
+      const r = await runHandler(postStart, this.target(m), c, POST_START_TIMEOUT_MS, { pod: this.pod.metadata!, signal: this.done.signal });
+      for (const e of r.events ?? []) this.o.event(e.type, e.reason, e.message);
+      if (!r.ok && !this.done.signal.aborted && m.id === id) {
+        this.o.event('Warning', HOOK_FAILURE.postStart.reason, HOOK_FAILURE.postStart.message);
+        await this.kill(m, id, `${HOOK_FAILURE.postStart.waitingReason}: ${r.message}`, undefined);
+        return;
+      }
+    }
+    this.startProbes(m, id, startedAt);
+  }
+
+  private startProbes(m: Member, id: string, startedAt: Date): void {
+    if (this.done.signal.aborted || m.id !== id) return;
+    m.prober?.stop();
+    const prober = new ContainerProber({
+      container: m.container, target: this.target(m), startedAt: startedAt.getTime(),
+      onStarted: () => this.set(m, { started: true }),
+      onReady: (ready) => this.set(m, { ready }),
+      onRestart: (_reason, message, graceSeconds) => {
+        this.o.event('Normal', 'Killing', message);
+        void this.kill(m, id, message, graceSeconds);
+      },
+      onEvent: (type, reason, message) => this.o.event(type, reason, message),
+    });
+    m.prober = prober;
+    prober.start();
   }
 
   // ----- the kubelet API -----
@@ -184,7 +348,7 @@ export class SidecarSet {
   /** One run: pull, create, start, watch. A failure waits with its reason and is tried again after the back-off. */
   private async run(m: Member): Promise<void> {
     const c = m.container;
-    const pod = this.o.pod;
+    const pod = this.pod;
     const uid = pod.metadata!.uid!;
     const signal = this.done.signal;
     let created: string | undefined;
@@ -203,7 +367,10 @@ export class SidecarSet {
           await delay(500, undefined, { signal }).catch(() => undefined);
         }
         networkMode = `container:${first.id}`;
+        m.joined = first.id;
       }
+      // The first sidecar's network is the pod's: it publishes the others' ports too.
+      const publishPorts = m === first ? this.members.slice(1).flatMap((x) => x.container.ports ?? []) : [];
       const mounts = await this.o.mounts(c, env);
       const out = await engine.create({
         pod: { namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid },
@@ -216,6 +383,7 @@ export class SidecarSet {
         mounts,
         networkMode,
         publishOn: this.o.hostIP,
+        ...(publishPorts.length > 0 ? { publishPorts } : {}),
         hostname: pod.spec?.hostname ?? pod.metadata!.name!,
       });
       created = out.id;
@@ -232,12 +400,16 @@ export class SidecarSet {
       m.previousId = m.id ?? m.previousId;
       if (stale && stale !== m.previousId) await engine.remove(stale, { force: true }).catch(() => undefined);
       m.id = out.id;
+      m.ip = s.ipAddress;
+      const startedAt = s.startedAt ?? new Date();
       this.set(m, {
         containerID: s.containerID, imageID: s.imageID,
-        state: { kind: 'running', startedAt: s.startedAt ?? new Date() }, ready: true, started: true,
+        state: { kind: 'running', startedAt }, ready: false, started: false,
       });
       this.o.event('Normal', 'Started', `Started container ${c.name}`);
       this.watch(m, out.id);
+      if (m === first) this.rejoin(first);
+      void this.started(m, out.id, startedAt);
     } catch (err) {
       if (signal.aborted) return;
       const e = err as Error;
@@ -284,15 +456,21 @@ export class SidecarSet {
       const started = m.state.state.kind === 'running' ? m.state.state.startedAt : s?.startedAt;
       const finishedAt = s?.finishedAt ?? new Date();
       const reason = s?.oomKilled ? 'OOMKilled' : exitCode === 0 ? 'Completed' : 'Error';
-      const terminated = { exitCode, reason, ...(started ? { startedAt: started } : {}), finishedAt };
-      const policy = this.o.pod.spec?.restartPolicy ?? 'Always';
+      m.prober?.stop();
+      m.prober = undefined;
+      const message = m.killedFor;
+      m.killedFor = undefined;
+      const terminated = { exitCode, reason, ...(message ? { message } : {}), ...(started ? { startedAt: started } : {}), finishedAt };
+      const policy = this.pod.spec?.restartPolicy ?? 'Always';
       const name = m.container.name;
       if (!(policy === 'Always' || (policy === 'OnFailure' && exitCode !== 0))) {
         this.set(m, { state: { kind: 'terminated', ...terminated }, ready: false, started: false });
         return;
       }
-      const wait = m.backoff.next(started ? finishedAt.getTime() - started.getTime() : 0);
-      const podKey = `${this.o.pod.metadata!.name}_${this.o.pod.metadata!.namespace}(${this.o.pod.metadata!.uid})`;
+      // A run vmlet replaced (a new network, a new definition) is followed at once, without a back-off.
+      const wait = m.restartNow ? 0 : m.backoff.next(started ? finishedAt.getTime() - started.getTime() : 0);
+      m.restartNow = false;
+      const podKey = `${this.pod.metadata!.name}_${this.pod.metadata!.namespace}(${this.pod.metadata!.uid})`;
       this.set(m, {
         lastTermination: terminated, ready: false, started: false,
         state: wait > 0 ? { kind: 'waiting', reason: 'CrashLoopBackOff', message: `back-off ${RestartBackoff.format(wait)} restarting failed container=${name} pod=${podKey}` } : { kind: 'terminated', ...terminated },
@@ -304,7 +482,7 @@ export class SidecarSet {
       await this.run(m);
     })().catch((err: Error) => {
       if (signal.aborted) return;
-      this.o.log.warn({ uid: this.o.pod.metadata!.uid, container: m.container.name, err: err.message }, 'watching a sidecar failed');
+      this.o.log.warn({ uid: this.pod.metadata!.uid, container: m.container.name, err: err.message }, 'watching a sidecar failed');
       this.set(m, { state: { kind: 'waiting', reason: 'SidecarEngineUnavailable', message: err.message }, ready: false, started: false });
     });
   }

@@ -1,7 +1,7 @@
 // Pure parts of the sidecar layer: a V1Container (plus what the runtime resolved) → the Docker API's
 // create body; our labels and container names; an inspect answer → a container status. No I/O.
 import { createHash } from 'node:crypto';
-import type { V1Container, V1PodSecurityContext, V1SecurityContext } from '@kubernetes/client-node';
+import type { V1Container, V1ContainerPort, V1PodSecurityContext, V1SecurityContext } from '@kubernetes/client-node';
 import type { ContainerCreateOptions, ContainerInspectInfo } from 'dockerode';
 import { parseQuantity } from '../kube/quantity.ts';
 import { SidecarEngineError } from './errors.ts';
@@ -54,6 +54,11 @@ export interface SidecarSpec {
   networkMode?: string;
   /** Publish the container's ports on this host address (same port numbers): the pod IP, for the VM to reach. */
   publishOn?: string;
+  /**
+   * More ports to expose and publish: those of the pod's other sidecars, which join this container's
+   * network namespace and cannot publish their own (the engine refuses ports on a "container:" network).
+   */
+  publishPorts?: V1ContainerPort[];
   /** Default: the pod name (cut to 63 characters). Ignored with a "container:" network. */
   hostname?: string;
   labels?: Record<string, string>;
@@ -99,11 +104,12 @@ export function createBody(spec: SidecarSpec): CreateBody {
   const networkMode = spec.networkMode ?? 'bridge';
   const sharedNetwork = networkMode.startsWith('container:');
   const sec = securityOptions(c.securityContext, spec.podSecurityContext, c.name, ignored);
-  const ports = (c.ports ?? []).filter((p) => p.containerPort > 0);
+  const ports = [...(c.ports ?? []), ...(spec.publishPorts ?? [])].filter((p) => p.containerPort > 0);
   const exposed: Record<string, object> = {};
   const bindings: Record<string, Array<{ HostIp: string; HostPort: string }>> = {};
   for (const p of ports) {
     const key = `${p.containerPort}/${(p.protocol ?? 'TCP').toLowerCase()}`;
+    if (exposed[key]) continue; // the first of two containers that name one port wins
     exposed[key] = {};
     if (spec.publishOn && !sharedNetwork && networkMode !== 'host' && networkMode !== 'none') {
       bindings[key] = [{ HostIp: p.hostIP ?? spec.publishOn, HostPort: String(p.hostPort ?? p.containerPort) }];
@@ -239,6 +245,8 @@ export interface SidecarStatus {
   /** The engine's error (e.g. why start failed). */
   error?: string;
   pid?: number;
+  /** The container's address on the engine's network (none on a "container:" network, or when stopped). */
+  ipAddress?: string;
   tty: boolean;
   /** The state in Kubernetes' terms (waiting/running/terminated). */
   state: SidecarState;
@@ -283,7 +291,16 @@ export function statusFromInspect(info: ContainerInspectInfo): SidecarStatus {
     oomKilled: s.OOMKilled === true,
     ...(s.Error ? { error: s.Error } : {}),
     ...(s.Pid ? { pid: s.Pid } : {}),
+    ...(ipAddress(info) ? { ipAddress: ipAddress(info) } : {}),
     tty: info.Config?.Tty === true,
     state,
   };
+}
+
+/** NetworkSettings.IPAddress (Docker's default bridge), else the first network's (podman, user networks). */
+function ipAddress(info: ContainerInspectInfo): string | undefined {
+  const n = info.NetworkSettings as (ContainerInspectInfo['NetworkSettings'] & { IPAddress?: string }) | undefined;
+  if (n?.IPAddress) return n.IPAddress;
+  for (const net of Object.values(n?.Networks ?? {})) if (net?.IPAddress) return net.IPAddress;
+  return undefined;
 }

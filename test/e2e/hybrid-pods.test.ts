@@ -3,15 +3,21 @@
 // like GitLab Runner's Kubernetes executor pod (a "build" VM container and a "helper" sidecar): exec into
 // both (two kernels), logs of the sidecar, both Running/Ready, the helper reaches a port the VM serves on
 // the pod IP; a sidecar that exits is restarted with back-off; kill -9 of vmlet keeps the sidecar running
-// and the new vmlet adopts it; deleting the pod removes the sidecar from the engine.
+// and the new vmlet adopts it; deleting the pod removes the sidecar from the engine. Sidecars' hooks and
+// probes (readiness through a port another sidecar publishes), the network following a restart of the
+// sidecar that owns it, and a restart for a new image in the pod's spec.
 import assert from 'node:assert/strict';
-import { networkInterfaces } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { networkInterfaces, tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { V1Pod } from '@kubernetes/client-node';
 import { waitFor } from '../harness/processes.ts';
 import { VmPods } from '../harness/vm-pods.ts';
 
 let env: VmPods;
+/** A hostPath directory the pods may use (vmlet's --host-path-prefix). */
+const hostDir = mkdtempSync(path.join(tmpdir(), 'vmlet-hybrid-host-'));
 
 /** An IPv4 address of this host that podman's bridge network reaches: the Node's (and so the pods') IP. */
 function hostAddress(): string {
@@ -24,12 +30,13 @@ function hostAddress(): string {
 before(async () => {
   env = await VmPods.start({
     nodeName: 'hybrid-node', podman: true, nodeIp: hostAddress(),
-    vmletArgs: ['--vm-slots=2', '--crash-loop-back-off-initial=1s', '--crash-loop-back-off-max=4s'],
+    vmletArgs: ['--vm-slots=2', '--crash-loop-back-off-initial=1s', '--crash-loop-back-off-max=4s', `--host-path-prefix=${hostDir}`],
   });
 });
 
 after(async () => {
   await env?.stop();
+  rmSync(hostDir, { recursive: true, force: true });
 });
 
 const status = (p: V1Pod, name: string) => p.status?.containerStatuses?.find((s) => s.name === name);
@@ -125,4 +132,72 @@ test('a sidecar that exits 1 is restarted with back-off, each run a new engine c
   assert.equal(await env.kubectl('logs', 'crashy', '-c', 'flaky', '--previous'), 'run\n');
   await env.delete('crashy');
   assert.deepEqual(await engineContainers(pod.metadata!.uid!), []);
+});
+
+test('sidecars have hooks and probes, share the first one\'s network after it restarts, and restart for a new image', async () => {
+  // "proxy" owns the pod's network; "web" joins it and serves on 8082, which "proxy" publishes on the pod IP.
+  const web = (image: string) => ({
+    name: 'web', image, command: ['sh', '-c', 'mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 8082 -h /www'],
+    ports: [{ containerPort: 8082 }],
+    readinessProbe: { httpGet: { path: '/', port: 8082 }, periodSeconds: 1 },
+    livenessProbe: { exec: { command: ['sh', '-c', 'test ! -e /tmp/die'] }, periodSeconds: 1, failureThreshold: 1 },
+    lifecycle: { preStop: { exec: { command: ['sh', '-c', 'echo stopped-by-prestop > /host/prestop'] } } },
+    volumeMounts: [{ name: 'host', mountPath: '/host' }],
+  });
+  await env.apply(env.manifest('probed', {}, {
+    containers: [
+      { name: 'vm', image: env.image, command: ['sh', '-c', 'exec sleep 100000'] },
+      {
+        name: 'proxy', image: env.busybox, command: ['sh', '-c', 'exec sleep 100000'],
+        lifecycle: { postStart: { exec: { command: ['sh', '-c', 'echo post-started > /tmp/post-started'] } } },
+        readinessProbe: { exec: { command: ['cat', '/tmp/ready'] }, periodSeconds: 1 },
+      },
+      web(env.busybox!),
+    ],
+    volumes: [{ name: 'host', hostPath: { path: hostDir } }],
+  }));
+  const state = (p: V1Pod) => p.status?.containerStatuses?.map((s) => `${s.name}:${Object.keys(s.state ?? {})[0]}:${s.ready}:${s.restartCount}`).join(' ');
+  // web is Ready through its httpGet probe on the published port; proxy runs but is not Ready (no /tmp/ready).
+  let pod = await env.waitForPod('probed', 'web Ready, proxy not', (p) => (state(p) === 'vm:running:true:0 proxy:running:false:0 web:running:true:0' ? p : undefined), 240_000);
+  assert.equal(pod.status?.conditions?.find((c) => c.type === 'Ready')?.status, 'False');
+  assert.equal(await env.kubectl('exec', 'probed', '-c', 'proxy', '--', 'cat', '/tmp/post-started'), 'post-started\n', 'postStart ran');
+  await env.kubectl('exec', 'probed', '-c', 'proxy', '--', 'touch', '/tmp/ready');
+  pod = await env.waitReady('probed');
+  assert.equal(state(pod), 'vm:running:true:0 proxy:running:true:0 web:running:true:0');
+
+  // A failed liveness probe: Killing, preStop, a new run.
+  await env.kubectl('exec', 'probed', '-c', 'web', '--', 'touch', '/tmp/die');
+  pod = await env.waitForPod('probed', 'web restarted for its liveness probe', (p) => ((status(p, 'web')?.restartCount ?? 0) >= 1 && status(p, 'web')?.ready ? p : undefined), 120_000);
+  assert.match(status(pod, 'web')?.lastState?.terminated?.message ?? '', /Container web failed liveness probe, will be restarted/);
+  assert.equal(readFileSync(path.join(hostDir, 'prestop'), 'utf8'), 'stopped-by-prestop\n', 'preStop ran before the kill');
+  rmSync(path.join(hostDir, 'prestop'));
+  let events = (await env.events('probed')).map((e) => `${e.type}/${e.reason}: ${e.message}`);
+  assert.ok(events.some((e) => e === 'Normal/Killing: Container web failed liveness probe, will be restarted'), events.join('\n'));
+  assert.ok(events.some((e) => e.startsWith('Warning/Unhealthy: Readiness probe failed')), events.join('\n'));
+
+  // The network's owner dies: it is started again, and web is restarted to join its new network.
+  const proxyId = status(pod, 'proxy')!.containerID!.replace('docker://', '');
+  assert.equal((await env.podman!.cli(['kill', proxyId])).code, 0);
+  pod = await env.waitForPod('probed', 'proxy and web in a new network', (p) => ((status(p, 'proxy')?.restartCount ?? 0) >= 1 && (status(p, 'web')?.restartCount ?? 0) >= 2 && status(p, 'web')?.ready ? p : undefined), 120_000);
+  events = (await env.events('probed')).map((e) => `${e.type}/${e.reason}: ${e.message}`);
+  assert.ok(events.some((e) => e.startsWith('Normal/Killing: Container web shares the network of container proxy')), events.join('\n'));
+  const viaLocalhost = await waitFor('proxy reaches web on localhost', async () => {
+    const r = await env.cluster.kubectl(['exec', 'probed', '-c', 'proxy', '--', 'sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8082`]);
+    return r.code === 0 && r.stdout.includes('200 OK') ? r.stdout : undefined;
+  }, { timeoutMs: 30_000, intervalMs: 1000 });
+  assert.match(viaLocalhost, /\nweb\n$/);
+
+  // A new image for web in the pod's spec: it is restarted with it.
+  const busybox2 = await env.podman!.buildBusyboxImage(env.registry, 'busybox:2');
+  const before = status(pod, 'web')!.restartCount;
+  await env.kubectl('patch', 'pod', 'probed', '--type=json', '-p', JSON.stringify([{ op: 'replace', path: '/spec/containers/2/image', value: busybox2 }]));
+  pod = await env.waitForPod('probed', 'web runs the new image', (p) => (status(p, 'web')?.image === busybox2 && status(p, 'web')!.restartCount > before && status(p, 'web')?.ready ? p : undefined), 120_000);
+  events = (await env.events('probed')).map((e) => `${e.type}/${e.reason}: ${e.message}`);
+  assert.ok(events.some((e) => e === 'Normal/Killing: Container web definition changed, will be restarted'), events.join('\n'));
+  assert.ok(events.some((e) => e.startsWith('Normal/Pulling: Pulling image') && e.includes('busybox:2')), events.join('\n'));
+
+  // Deletion runs web's preStop.
+  rmSync(path.join(hostDir, 'prestop'), { force: true });
+  await env.delete('probed');
+  assert.equal(readFileSync(path.join(hostDir, 'prestop'), 'utf8'), 'stopped-by-prestop\n', 'preStop ran at deletion');
 });

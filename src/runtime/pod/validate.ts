@@ -335,13 +335,6 @@ export function podWarnings(pod: V1Pod): string[] {
   notApplied('spec.securityContext', (['seLinuxOptions', 'seccompProfile', 'appArmorProfile', 'sysctls'] as const).filter((k) => podSc[k] != null), 'the guest kernel is the VM image\'s own, configured by the image, not by the pod');
   const vmIndex = vmContainerIndex(pod);
   // Sidecars: what their engine cannot apply comes back from it when they are created (Warning Events then).
-  (spec.containers ?? []).forEach((c, i) => {
-    if (i === vmIndex) return;
-    const at = where('containers', i, c);
-    const notRun = (['livenessProbe', 'readinessProbe', 'startupProbe'] as const).filter((k) => c[k] != null);
-    if (notRun.length) out.push(`${notRun.map((f) => `${at}.${f}`).join(', ')}: not run for sidecar containers yet: a running sidecar counts as started and ready`);
-    if (c.lifecycle?.postStart || c.lifecycle?.preStop) out.push(`${at}.lifecycle: not run for sidecar containers yet`);
-  });
   [...(spec.initContainers ?? []).map((c, i) => [c, where('initContainers', i, c)] as const), ...(spec.containers ?? []).flatMap((c, i) => (i === vmIndex ? [[c, where('containers', i, c)] as const] : []))].forEach(([c, at]) => {
     const sc = c.securityContext ?? {};
     notApplied(`${at}.securityContext`, (['runAsUser', 'runAsGroup', 'runAsNonRoot'] as const).filter((k) => sc[k] != null), identity);

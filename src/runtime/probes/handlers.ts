@@ -78,6 +78,9 @@ export function kubeUserAgent(fragment: 'probe' | 'lifecycle'): string {
 }
 
 /** What the kubelet posts and shows for failed lifecycle hooks (it keeps the details out of events: they may hold secrets). */
+/** How long a postStart hook may take before the container is killed for it. */
+export const POST_START_TIMEOUT_MS = 120_000;
+
 export const HOOK_FAILURE = {
   postStart: { reason: 'FailedPostStartHook', message: 'PostStartHook failed', waitingReason: 'PostStartHookError' },
   preStop: { reason: 'FailedPreStopHook', message: 'PreStop hook failed' },

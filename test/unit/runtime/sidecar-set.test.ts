@@ -7,7 +7,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { createLogger } from '../../../src/observability/log.ts';
 import { SidecarSet } from '../../../src/runtime/sidecar-set.ts';
 import type { SidecarEngine, SidecarSummary } from '../../../src/sidecars/engine.ts';
-import type { SidecarSpec, SidecarStatus } from '../../../src/sidecars/spec.ts';
+import { containerHash, type SidecarSpec, type SidecarStatus } from '../../../src/sidecars/spec.ts';
 
 interface FakeContainer {
   id: string;
@@ -67,7 +67,7 @@ class FakeEngine {
   }
   list(): Promise<SidecarSummary[]> {
     return Promise.resolve(this.containers.filter((c) => !c.removed).map((c) => ({
-      id: c.id, engineName: c.id, pod: c.spec.pod, containerName: c.spec.container.name, restartCount: c.spec.restartCount ?? 0,
+      id: c.id, engineName: c.id, pod: c.spec.pod, containerName: c.spec.container.name, restartCount: c.spec.restartCount ?? 0, containerHash: containerHash(c.spec.container),
       engineState: c.running ? 'running' : 'exited', created: new Date(),
     })));
   }
@@ -126,6 +126,9 @@ test('sidecars start in spec order: env, $(VAR) expansion, mounts, the first on 
   assert.equal(helper!.spec.publishOn, '192.0.2.7');
   assert.equal(helper!.spec.hostname, 'runner');
   assert.equal(svc!.spec.networkMode, `container:${helper!.id}`);
+  // svc cannot publish its port on a shared network: the first one publishes it for the pod.
+  assert.deepEqual(helper!.spec.publishPorts, [{ containerPort: 6379 }]);
+  assert.equal(svc!.spec.publishPorts, undefined);
   assert.deepEqual(set.states().map((s) => [s.name, s.state.kind, s.ready, s.containerID]), [['helper', 'running', true, 'docker://c0'], ['svc', 'running', true, 'docker://c1']]);
   assert.ok(events.includes('Normal/Pulling: Pulling image "busybox:1"'), events.join('\n'));
   await set.stop(5);
@@ -168,5 +171,46 @@ test('adopt keeps a running sidecar (same container, same restart count) and res
   assert.equal(svc!.containerID, 'docker://c2');
   assert.equal(engine.containers[2]!.spec.networkMode, 'container:c0');
   assert.equal(set.containerId('svc', true), 'c1');
+  await set.stop(1);
+});
+
+test('a new run of the first sidecar is a new network: the others are restarted at once to join it', async () => {
+  const engine = new FakeEngine();
+  const { set, events } = setFor(engine);
+  await set.start();
+  engine.exit('c0', 137);
+  await until('both in the new network', () => set.states().every((x) => x.state.kind === 'running' && x.restartCount === 1));
+  const svc = engine.containers.filter((c) => c.spec.container.name === 'svc').at(-1)!;
+  assert.equal(svc.spec.networkMode, `container:${set.containerId('helper')}`);
+  assert.equal(set.states()[1]!.lastTermination?.message, 'Container svc shares the network of container helper, which was started again; restarting it to join the new network');
+  assert.ok(events.includes('Normal/Killing: Container svc shares the network of container helper, which was started again; restarting it to join the new network'), events.join('\n'));
+  await set.stop(1);
+});
+
+test('a sidecar whose image changes in the pod spec is restarted with the new image; the others keep running', async () => {
+  const engine = new FakeEngine();
+  const { set, events } = setFor(engine);
+  await set.start();
+  const changed: V1Pod = { ...pod, spec: { ...pod.spec!, containers: pod.spec!.containers.map((c) => (c.name === 'svc' ? { ...c, image: 'redis:8' } : c)) } };
+  set.update(changed);
+  await until('svc runs redis:8', () => engine.containers.some((c) => c.spec.container.image === 'redis:8' && c.running));
+  assert.ok(events.includes('Normal/Killing: Container svc definition changed, will be restarted'), events.join('\n'));
+  assert.deepEqual(set.states().map((x) => [x.name, x.image, x.restartCount, x.state.kind]), [['helper', 'busybox:1', 0, 'running'], ['svc', 'redis:8', 1, 'running']]);
+  set.update(changed); // the same spec again: nothing restarts
+  assert.equal(engine.containers.length, 3);
+  await set.stop(1);
+});
+
+test('adopt restarts a running sidecar whose definition changed while vmlet was away', async () => {
+  const engine = new FakeEngine();
+  const first = setFor(engine);
+  await first.set.start();
+  first.set.detach();
+  const changed: V1Pod = { ...pod, spec: { ...pod.spec!, containers: pod.spec!.containers.map((c) => (c.name === 'svc' ? { ...c, image: 'redis:8' } : c)) } };
+  const { set, events } = setFor(engine, changed);
+  await set.adopt();
+  await until('svc runs redis:8', () => engine.containers.some((c) => c.spec.container.image === 'redis:8' && c.running));
+  assert.equal(set.containerId('helper'), 'c0', 'the unchanged one is kept');
+  assert.ok(events.includes('Normal/Killing: Container svc definition changed, will be restarted'), events.join('\n'));
   await set.stop(1);
 });
