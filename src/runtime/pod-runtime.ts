@@ -30,7 +30,7 @@ import { agentProbeTarget } from './probes/agent-target.ts';
 import { HOOK_FAILURE, POST_START_TIMEOUT_MS, runHandler, type ProbeTarget } from './probes/handlers.ts';
 import { ContainerProber } from './probes/prober.ts';
 import type { ContainerRuntimeState, PodRuntimeState } from './pod/status.ts';
-import { checkPod, checkRuntimeClass, podWarnings, sidecarContainers, vmContainer, vmContainerIndex, type RuntimeClassRef } from './pod/validate.ts';
+import { checkPod, checkRuntimeClass, engineContainers, initContainerPlace, podWarnings, vmContainer, vmContainerIndex, type RuntimeClassRef } from './pod/validate.ts';
 import { PodVolumes, uniqueShares } from './pod-volumes.ts';
 import { VmInstance } from './vm-instance.ts';
 import { SidecarEngineError, SidecarEngineUnavailable } from '../sidecars/errors.ts';
@@ -233,7 +233,7 @@ export class PodRuntime implements KubeletProvider {
       const r = container.resources;
       const sized = [r?.limits, r?.requests].some((q) => q?.cpu !== undefined || q?.memory !== undefined);
       // A hybrid pod needs its engine: found before a VM is booted for nothing.
-      const hybrid = sidecarContainers(pod).length > 0;
+      const hybrid = engineContainers(pod).length > 0;
       if (hybrid && !rec.sidecars) await this.engine();
       const size = sized ? vmSize(container, o.defaults) : undefined;
       const services = (await o.services?.()) ?? [];
@@ -284,6 +284,7 @@ export class PodRuntime implements KubeletProvider {
       rec.configError = undefined;
       rec.state = { ...rec.state, vmReady: true, podIP: o.hostIP };
       const imageID = `${container.image}@${image.digest}`;
+      if (hybrid) this.sidecarsOf(rec, facts);
       if (!(await this.runInitContainers(rec, instance, imageID, facts))) return;
       if (meta.initialized === false) await this.saveMeta(instance, { ...meta, initialized: true });
       const argv = [...(container.command ?? []), ...(container.args ?? [])];
@@ -301,7 +302,7 @@ export class PodRuntime implements KubeletProvider {
       if (rec.removing || rec.done.signal.aborted) return;
       if (err instanceof SidecarEngineUnavailable) {
         // Waits (retried with the caller's back-off) until the engine answers; the VM was not booted.
-        const message = `pod has sidecar containers (${sidecarContainers(pod).map((c) => c.name).join(', ')}) and ${err.message}; start the engine or set sidecarEngine (--sidecar-engine)`;
+        const message = `pod has containers that run on the container engine (${engineContainers(pod).map((x) => x.container.name).join(', ')}) and ${err.message}; start the engine or set sidecarEngine (--sidecar-engine)`;
         this.setWaiting(rec, 'SidecarEngineUnavailable', message);
         o.event(pod, 'Warning', 'SidecarEngineUnavailable', message);
         throw err;
@@ -341,10 +342,12 @@ export class PodRuntime implements KubeletProvider {
   }
 
   /**
-   * Runs the pod's init containers in its VM, in order, each to completion, as processes of the agent (so
-   * `kubectl logs -c <init>` reads their output). A failed one is started again after its back-off, or,
-   * with restartPolicy Never, fails the pod. Resolves false when the pod will not go on (failed, removed,
-   * the VM died).
+   * Runs the pod's init containers in order, each to completion: those with the VM's image in its VM, as
+   * processes of the agent (so `kubectl logs -c <init>` reads their output), the others on the container
+   * engine (SidecarSet.runInit); a native sidecar (restartPolicy Always) is started on the engine and keeps
+   * running, and the next one waits until it counts as started. A failed one is started again after its
+   * back-off, or, with restartPolicy Never, fails the pod. Resolves false when the pod will not go on
+   * (failed, removed, the VM died).
    */
   private async runInitContainers(rec: PodRecord, instance: VmInstance, imageID: string, facts: EnvFacts): Promise<boolean> {
     const pod = rec.pod;
@@ -356,18 +359,48 @@ export class PodRuntime implements KubeletProvider {
       container: { ...rec.state.container, state: { kind: 'waiting', reason: 'PodInitializing' } },
     };
     this.o.changed(uid);
-    const policy = pod.spec!.restartPolicy ?? 'Always';
     for (const ic of inits) {
-      const env = await resolveEnv(pod, ic, this.o.lookups, facts);
+      const place = initContainerPlace(pod, ic);
+      const set = place === 'vm' ? undefined : rec.sidecars;
+      if (place !== 'vm' && !set) return false; // removed meanwhile
+      if (place === 'native') {
+        if (!(await set!.startNative(ic.name)) || rec.instance !== instance) return false;
+        continue;
+      }
+      const env = place === 'vm' ? await resolveEnv(pod, ic, this.o.lookups, facts) : {};
       const argv = [...(ic.command ?? []), ...(ic.args ?? [])];
       const backoff = new RestartBackoff(this.o.restartBackoff);
       const state: ContainerRuntimeState = {
-        name: ic.name, image: ic.image ?? '', imageID, containerID: `vmlet://${uid}-${ic.name}`,
+        name: ic.name, image: ic.image ?? '', ...(place === 'vm' ? { imageID, containerID: `vmlet://${uid}-${ic.name}` } : {}),
         state: { kind: 'waiting', reason: 'PodInitializing' }, ready: false, started: false, restartCount: 0,
       };
       rec.state.initContainers!.push(state);
       for (let run = 0; ; run++) {
         const startedAt = new Date();
+        if (set) {
+          // On the engine: one run; a run that could not start waits with its reason and is tried again.
+          const r = await set.runInit(ic.name, state.restartCount, (at, containerID) => {
+            state.state = { kind: 'running', startedAt: at };
+            state.started = true;
+            state.containerID = containerID;
+            this.o.changed(uid);
+          });
+          if (!r || rec.done.signal.aborted || rec.instance !== instance) return false;
+          if (r.kind === 'failed') {
+            state.state = { kind: 'waiting', reason: r.reason, message: r.message };
+            this.o.changed(uid);
+            await sleep(Math.max(backoff.next(0), 1000), rec.done.signal);
+            if (rec.done.signal.aborted || rec.instance !== instance) return false;
+            run--;
+            continue;
+          }
+          state.imageID = r.imageID;
+          const terminated = { kind: 'terminated' as const, exitCode: r.exitCode, reason: r.reason, ...(r.message ? { message: r.message } : {}), startedAt: r.startedAt, finishedAt: r.finishedAt };
+          const verdict = await this.initExited(rec, instance, ic, state, terminated, backoff);
+          if (verdict === 'next') break;
+          if (verdict === 'stop') return false;
+          continue;
+        }
         const attempt = new AbortController();
         const exited = waitForMainExit(instance, ic.name, AbortSignal.any([rec.done.signal, attempt.signal]));
         let ev: { exitCode: number; finishedAt: string; reason?: string; message?: string } | undefined;
@@ -387,35 +420,50 @@ export class PodRuntime implements KubeletProvider {
           attempt.abort();
         }
         if (!ev) return false;
-        const finishedAt = new Date(ev.finishedAt);
         const terminated = {
           kind: 'terminated' as const, exitCode: ev.exitCode, reason: ev.reason ?? (ev.exitCode === 0 ? 'Completed' : 'Error'),
-          ...(ev.message ? { message: ev.message } : {}), startedAt, finishedAt,
+          ...(ev.message ? { message: ev.message } : {}), startedAt, finishedAt: new Date(ev.finishedAt),
         };
-        state.state = terminated;
-        state.started = false;
-        this.o.changed(uid);
-        if (ev.exitCode === 0) break;
-        if (policy === 'Never') {
-          rec.state = { ...rec.state, phase: 'Failed', waiting: { reason: 'InitContainerFailed', message: `init container ${ic.name} exited with ${ev.exitCode}` } };
-          this.o.event(pod, 'Warning', 'Failed', `Init container ${ic.name} exited with ${ev.exitCode} and restartPolicy is Never: the pod failed`);
-          this.finish(rec);
-          return false;
-        }
-        const wait = backoff.next(finishedAt.getTime() - startedAt.getTime());
-        state.lastTermination = terminated;
-        if (wait > 0) {
-          state.state = { kind: 'waiting', reason: 'CrashLoopBackOff', message: backOffMessage(wait, ic.name, pod) };
-          this.o.event(pod, 'Warning', 'BackOff', `Back-off restarting failed container ${ic.name} in pod ${podKey(pod)}`);
-          this.o.changed(uid);
-          await sleep(wait, rec.done.signal);
-          if (rec.done.signal.aborted || rec.instance !== instance) return false;
-        }
-        state.restartCount++;
+        const verdict = await this.initExited(rec, instance, ic, state, terminated, backoff);
+        if (verdict === 'next') break;
+        if (verdict === 'stop') return false;
       }
     }
     rec.state = { ...rec.state, initialized: true };
     return true;
+  }
+
+  /**
+   * An init container's run ended: 'next' init container after an exit 0; else the pod fails (restartPolicy
+   * Never: 'stop') or the container is run again ('again') after its back-off.
+   */
+  private async initExited(
+    rec: PodRecord, instance: VmInstance, ic: V1Container, state: ContainerRuntimeState,
+    terminated: Extract<ContainerRuntimeState['state'], { kind: 'terminated' }>, backoff: RestartBackoff,
+  ): Promise<'next' | 'stop' | 'again'> {
+    const pod = rec.pod;
+    const uid = pod.metadata!.uid!;
+    state.state = terminated;
+    state.started = false;
+    this.o.changed(uid);
+    if (terminated.exitCode === 0) return 'next';
+    if ((pod.spec!.restartPolicy ?? 'Always') === 'Never') {
+      rec.state = { ...rec.state, phase: 'Failed', waiting: { reason: 'InitContainerFailed', message: `init container ${ic.name} exited with ${terminated.exitCode}` } };
+      this.o.event(pod, 'Warning', 'Failed', `Init container ${ic.name} exited with ${terminated.exitCode} and restartPolicy is Never: the pod failed`);
+      this.finish(rec);
+      return 'stop';
+    }
+    const wait = backoff.next(terminated.finishedAt.getTime() - (terminated.startedAt ?? terminated.finishedAt).getTime());
+    state.lastTermination = terminated;
+    if (wait > 0) {
+      state.state = { kind: 'waiting', reason: 'CrashLoopBackOff', message: backOffMessage(wait, ic.name, pod) };
+      this.o.event(pod, 'Warning', 'BackOff', `Back-off restarting failed container ${ic.name} in pod ${podKey(pod)}`);
+      this.o.changed(uid);
+      await sleep(wait, rec.done.signal);
+      if (rec.done.signal.aborted || rec.instance !== instance) return 'stop';
+    }
+    state.restartCount++;
+    return 'again';
   }
 
   private async pull(rec: PodRecord, container: V1Container): Promise<StoredImage> {
@@ -829,12 +877,18 @@ export class PodRuntime implements KubeletProvider {
 
   // ----- hybrid pods: the sidecar containers (src/runtime/sidecar-set.ts) -----
 
-  /** The VM container runs: its sidecars start (in the background: pulls may take a while). */
+  /** The pod's containers on the engine, as one set made before its init containers run (kept while the VM is booted again). */
+  private sidecarsOf(rec: PodRecord, facts: EnvFacts): SidecarSet {
+    rec.sidecars ??= this.sidecarSet(rec, facts);
+    return rec.sidecars;
+  }
+
+  /**
+   * The VM container runs: its sidecars start (in the background: pulls may take a while); those still
+   * running from before the VM was booted again, and native sidecars, are kept.
+   */
   private startSidecars(rec: PodRecord, facts: EnvFacts): void {
-    if (rec.sidecars) return; // still running from before the VM was booted again
-    const set = this.sidecarSet(rec, facts);
-    rec.sidecars = set;
-    void set.start().catch((err: Error) => this.o.log.warn({ uid: rec.pod.metadata!.uid, err: err.message }, 'starting sidecars failed'));
+    void this.sidecarsOf(rec, facts).start().catch((err: Error) => this.o.log.warn({ uid: rec.pod.metadata!.uid, err: err.message }, 'starting sidecars failed'));
   }
 
   private sidecarSet(rec: PodRecord, facts: EnvFacts): SidecarSet {
@@ -846,7 +900,7 @@ export class PodRuntime implements KubeletProvider {
       event: (type, reason, message) => this.o.event(rec.pod, type, reason, message),
       changed: () => {
         if (rec.sidecars !== set) return;
-        rec.state = { ...rec.state, sidecars: set.states() };
+        rec.state = { ...rec.state, sidecars: set.states(), nativeSidecars: set.nativeStates() };
         this.o.changed(uid);
       },
       env: (c) => resolveEnv(rec.pod, c, this.o.lookups, facts),
@@ -855,7 +909,7 @@ export class PodRuntime implements KubeletProvider {
       })),
       pullSecrets: () => this.pullSecrets(rec.pod),
     });
-    rec.state = { ...rec.state, sidecars: set.states() };
+    rec.state = { ...rec.state, sidecars: set.states(), nativeSidecars: set.nativeStates() };
     return set;
   }
 
@@ -865,10 +919,10 @@ export class PodRuntime implements KubeletProvider {
     if (!set) return;
     rec.sidecars = undefined;
     await set.stop(Math.max(1, graceSeconds)).catch((err: Error) => this.o.log.warn({ uid: rec.pod.metadata!.uid, err: err.message }, 'stopping sidecars failed'));
-    const states = set.states().map((st) => (st.state.kind === 'running'
+    const stopped = (list: ContainerRuntimeState[]) => list.map((st) => (st.state.kind === 'running'
       ? { ...st, ready: false, started: false, state: { kind: 'terminated' as const, exitCode: 143, reason: 'Completed', startedAt: st.state.startedAt, finishedAt: new Date() } }
       : { ...st, ready: false }));
-    rec.state = { ...rec.state, sidecars: states };
+    rec.state = { ...rec.state, sidecars: stopped(set.states()), nativeSidecars: stopped(set.nativeStates()) };
   }
 
   /** A slot freed: the first waiting pod gets another sync. */
@@ -919,7 +973,7 @@ export class PodRuntime implements KubeletProvider {
       };
       this.pods.set(uid, rec);
       this.watch(rec, instance);
-      if (sidecarContainers(pod).length > 0) {
+      if (engineContainers(pod).length > 0) {
         // Running sidecars are kept (same engine containers), exited ones restarted.
         const set = this.sidecarSet(rec, { nodeName: this.o.nodeName, hostIP: this.o.hostIP, podIP: this.o.hostIP });
         rec.sidecars = set;
@@ -943,11 +997,18 @@ export class PodRuntime implements KubeletProvider {
   private async removeOrphanSidecars(alive: (uid: string) => V1Pod | undefined): Promise<void> {
     try {
       const engine = await this.engine();
-      for (const s of await engine.list()) {
-        if (s.pod.uid && !alive(s.pod.uid) && !this.pods.has(s.pod.uid)) {
+      let orphans = (await engine.list()).filter((s) => s.pod.uid && !alive(s.pod.uid) && !this.pods.has(s.pod.uid));
+      // Two passes: the engine refuses to remove a network's owner before the containers that joined it.
+      for (let pass = 0; pass < 2 && orphans.length > 0; pass++) {
+        const left: typeof orphans = [];
+        for (const s of orphans) {
           this.o.log.info({ uid: s.pod.uid, container: s.engineName }, 'removing the sidecar container of a pod that is gone');
-          await engine.remove(s.id, { force: true });
+          await engine.remove(s.id, { force: true }).catch((err: Error) => {
+            if (pass === 1) throw err;
+            left.push(s);
+          });
         }
+        orphans = left;
       }
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'removing sidecars of pods that are gone failed');
@@ -1149,9 +1210,9 @@ function specContainer(pod: V1Pod, name: string): V1Container | undefined {
   return [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])].find((c) => c.name === name);
 }
 
-/** Is `name` one of the pod's sidecar containers (not the VM container)? */
+/** Is `name` one of the pod's containers on the engine (a sidecar, a native sidecar, an init container there)? */
 function isSidecar(pod: V1Pod, name: string): boolean {
-  return sidecarContainers(pod).some((c) => c.name === name);
+  return engineContainers(pod).some((x) => x.container.name === name);
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts (never rejects). */

@@ -29,7 +29,7 @@ import { HOOK_FAILURE, POST_START_TIMEOUT_MS, runHandler, type ProbeTarget } fro
 import { ContainerProber } from './probes/prober.ts';
 import { RestartBackoff, type RestartBackoffOptions } from './pod/restart-backoff.ts';
 import type { ContainerRuntimeState } from './pod/status.ts';
-import { sidecarContainers } from './pod/validate.ts';
+import { engineContainers } from './pod/validate.ts';
 
 export interface SidecarSetOptions {
   /** The engine, connected on first use (SidecarEngineUnavailable when it does not answer). */
@@ -50,7 +50,14 @@ export interface SidecarSetOptions {
   pullSecrets(): Promise<PullSecret[]>;
 }
 
+/** One run of an init container on the engine: how it ended, or why it could not start. */
+export type InitRun =
+  | { kind: 'exited'; exitCode: number; reason: string; message?: string; startedAt: Date; finishedAt: Date; containerID: string; imageID: string }
+  | { kind: 'failed'; reason: string; message: string };
+
 interface Member {
+  /** native: an init container with restartPolicy Always; init: one that runs to completion. */
+  kind: 'native' | 'sidecar' | 'init';
   container: V1Container;
   state: ContainerRuntimeState;
   /** The engine container of the current run, and the one before it (for logs --previous). */
@@ -67,6 +74,8 @@ interface Member {
   ip?: string;
   /** The run of the first sidecar whose network namespace this run joined. */
   joined?: string;
+  /** Native sidecars: told when the current run counts as started (the next init container may go). */
+  onStarted?: Array<() => void>;
 }
 
 export class SidecarSet {
@@ -77,16 +86,27 @@ export class SidecarSet {
 
   constructor(private readonly o: SidecarSetOptions) {
     this.pod = o.pod;
-    this.members = sidecarContainers(o.pod).map((c) => ({
+    this.members = engineContainers(o.pod).map(({ container: c, kind }) => ({
+      kind,
       container: c,
       state: { name: c.name, image: c.image ?? '', state: { kind: 'waiting', reason: 'ContainerCreating' }, ready: false, started: false, restartCount: 0 },
       backoff: new RestartBackoff(o.restartBackoff),
     }));
   }
 
-  /** The sidecars' states, in spec order (copies). */
+  /** The sidecars' states (spec.containers), in spec order (copies). */
   states(): ContainerRuntimeState[] {
-    return this.members.map((m) => ({ ...m.state }));
+    return this.members.filter((m) => m.kind === 'sidecar').map((m) => ({ ...m.state }));
+  }
+
+  /** The native sidecars' states (spec.initContainers with restartPolicy Always), in spec order (copies). */
+  nativeStates(): ContainerRuntimeState[] {
+    return this.members.filter((m) => m.kind === 'native').map((m) => ({ ...m.state }));
+  }
+
+  /** The member whose network namespace the others share: the first that runs for the pod's life. */
+  private owner(): Member | undefined {
+    return this.members.find((m) => m.kind !== 'init');
   }
 
   has(name: string): boolean {
@@ -103,6 +123,59 @@ export class SidecarSet {
   }
 
   /**
+   * Starts a native sidecar (an init container with restartPolicy Always) unless it already runs, and
+   * resolves true once it counts as started (its startup probe passed, or it runs and has none), as the
+   * kubelet waits before the next init container; false when the pod goes meanwhile. A failed start is
+   * retried with the container's back-off meanwhile.
+   */
+  async startNative(name: string): Promise<boolean> {
+    const m = this.member(name);
+    if (m.kind !== 'native') throw new Error(`${name} is not a native sidecar`);
+    if (this.done.signal.aborted) return false;
+    if (m.state.started && m.state.state.kind === 'running') return true;
+    const started = new Promise<boolean>((resolve) => {
+      (m.onStarted ??= []).push(() => resolve(true));
+      this.done.signal.addEventListener('abort', () => resolve(false), { once: true });
+    });
+    // A member with a run (or a back-off before the next one) is already on its way.
+    if (!m.id && m.state.state.kind === 'waiting' && m.state.state.reason === 'ContainerCreating') void this.run(m);
+    return started;
+  }
+
+  /**
+   * One run of an init container on the engine, to its exit (the caller, PodRuntime, keeps the order,
+   * the restart policy and the back-off); `onRunning` is told once it runs. Undefined when the pod goes.
+   */
+  async runInit(name: string, restartCount: number, onRunning: (startedAt: Date, containerID: string) => void): Promise<InitRun | undefined> {
+    const m = this.member(name);
+    const signal = this.done.signal;
+    m.state = { ...m.state, restartCount };
+    let id: string | undefined;
+    try {
+      const engine = await this.o.engine();
+      id = await this.create(engine, m);
+      if (!id) return undefined;
+      await engine.start(id);
+      const s = await engine.inspect(id);
+      this.rotate(engine, m, id);
+      const startedAt = s.startedAt ?? new Date();
+      onRunning(startedAt, s.containerID);
+      const { exitCode } = await engine.wait(id, signal);
+      if (signal.aborted) return undefined;
+      const end = await engine.inspect(id).catch(() => undefined);
+      return {
+        kind: 'exited', exitCode, reason: end?.oomKilled ? 'OOMKilled' : exitCode === 0 ? 'Completed' : 'Error',
+        startedAt, finishedAt: end?.finishedAt ?? new Date(), containerID: s.containerID, imageID: s.imageID,
+      };
+    } catch (err) {
+      if (signal.aborted) return undefined;
+      const { reason, message } = this.failure(m, err);
+      if (id && m.id !== id) await (await this.o.engine().catch(() => undefined))?.remove(id, { force: true }).catch(() => undefined);
+      return { kind: 'failed', reason, message };
+    }
+  }
+
+  /**
    * After a vmlet restart: the pod's containers on the engine; a running current one is kept (not
    * restarted), an exited one is restarted (restartCount + 1), a missing one started.
    */
@@ -115,8 +188,11 @@ export class SidecarSet {
       found = [];
     }
     let adoptedFirst: string | undefined;
+    const owner = this.owner();
     for (const m of this.members) {
       if (this.done.signal.aborted) return;
+      // Init containers are run by PodRuntime, in order; a member already run by this set is not taken over.
+      if (m.kind === 'init' || m.id || m.state.state.kind !== 'waiting' || m.state.state.reason !== 'ContainerCreating') continue;
       const mine = found.filter((s) => s.containerName === m.container.name).sort((a, b) => b.restartCount - a.restartCount);
       const current = mine[0];
       if (current?.engineState === 'running') {
@@ -125,7 +201,7 @@ export class SidecarSet {
         const engine = await this.o.engine();
         const s = await engine.inspect(current.id).catch(() => undefined);
         m.ip = s?.ipAddress;
-        if (m === this.members[0]) adoptedFirst = current.id;
+        if (m === owner) adoptedFirst = current.id;
         const startedAt = s?.startedAt ?? current.created;
         m.state = {
           ...m.state, restartCount: current.restartCount, containerID: `docker://${current.id}`, imageID: s?.imageID ?? '',
@@ -148,9 +224,8 @@ export class SidecarSet {
     }
     // Running sidecars joined the first one's network when it was running; a first one started anew here
     // has a new network, which rejoin() (from run()) could not move them to, as they were not adopted yet.
-    const first = this.members[0];
-    for (const m of this.members.slice(1)) if (m.id && !m.joined && first?.id && adoptedFirst === first.id) m.joined = first.id;
-    if (first?.id) this.rejoin(first);
+    for (const m of this.members) if (m !== owner && m.kind !== 'init' && m.id && !m.joined && owner?.id && adoptedFirst === owner.id) m.joined = owner.id;
+    if (owner?.id) this.rejoin(owner);
     this.o.changed();
   }
 
@@ -181,7 +256,12 @@ export class SidecarSet {
       if (m.id) await this.stopRun(engine, m, m.id, deadline);
     }));
     const all = await engine.list(uid).catch(() => []);
-    await Promise.all(all.map((s) => engine.remove(s.id, { force: true }).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, `removing sidecar ${s.engineName} failed`))));
+    const remove = (list: SidecarSummary[]) => Promise.all(list.map((s) => engine.remove(s.id, { force: true })
+      .catch((err: Error) => this.o.log.warn({ uid, err: err.message }, `removing sidecar ${s.engineName} failed`))));
+    // The network's owner last: the engine refuses to remove a container others joined ("dependent containers").
+    const owner = this.owner()?.container.name;
+    await remove(all.filter((s) => s.containerName !== owner));
+    await remove(all.filter((s) => s.containerName === owner));
   }
 
   /**
@@ -191,14 +271,15 @@ export class SidecarSet {
   update(pod: V1Pod): void {
     this.pod = pod;
     if (this.done.signal.aborted) return;
-    const next = new Map(sidecarContainers(pod).map((c) => [c.name, c]));
+    const next = new Map(engineContainers(pod).map(({ container: c }) => [c.name, c]));
     for (const m of this.members) {
       const c = next.get(m.container.name);
       if (!c || containerHash(c) === containerHash(m.container)) continue;
       m.container = c;
       m.state = { ...m.state, image: c.image ?? '' };
-      // A run of the old definition is replaced; one still to come takes the new one anyway.
-      if (m.id && m.state.state.kind === 'running') this.changedDefinition(m);
+      // A run of the old definition is replaced (an init container's run goes on: it ends by itself);
+      // one still to come takes the new one anyway.
+      if (m.kind !== 'init' && m.id && m.state.state.kind === 'running') this.changedDefinition(m);
     }
   }
 
@@ -215,7 +296,7 @@ export class SidecarSet {
    */
   private rejoin(first: Member): void {
     for (const m of this.members) {
-      if (m === first || !m.id || m.state.state.kind !== 'running' || m.joined === first.id) continue;
+      if (m === first || m.kind === 'init' || !m.id || m.state.state.kind !== 'running' || m.joined === first.id) continue;
       const message = `Container ${m.container.name} shares the network of container ${first.container.name}, which was started again; restarting it to join the new network`;
       this.o.event('Normal', 'Killing', message);
       m.restartNow = true;
@@ -261,7 +342,7 @@ export class SidecarSet {
         // network namespace's address on the engine's network.
         const published = this.members.flatMap((x) => x.container.ports ?? []).find((p) => p.containerPort === port && (p.protocol ?? 'TCP') === 'TCP');
         if (published) return { host: published.hostIP ?? this.o.hostIP, port: published.hostPort ?? published.containerPort };
-        const ip = this.members[0]!.ip;
+        const ip = this.owner()?.ip;
         return ip ? { host: ip, port } : undefined;
       },
       podIP: this.o.hostIP,
@@ -342,91 +423,114 @@ export class SidecarSet {
 
   private set(m: Member, state: Partial<ContainerRuntimeState>): void {
     m.state = { ...m.state, ...state };
+    if (m.state.started && m.onStarted) {
+      for (const tell of m.onStarted.splice(0)) tell();
+    }
     this.o.changed();
   }
 
   /** One run: pull, create, start, watch. A failure waits with its reason and is tried again after the back-off. */
   private async run(m: Member): Promise<void> {
-    const c = m.container;
-    const pod = this.pod;
-    const uid = pod.metadata!.uid!;
     const signal = this.done.signal;
-    let created: string | undefined;
+    let id: string | undefined;
     try {
       const engine = await this.o.engine();
-      await this.pull(engine, m);
-      if (signal.aborted) return;
-      const env = await this.o.env(c);
-      const vars = new Map(Object.entries(env));
-      const first = this.members[0]!;
-      let networkMode = 'bridge';
-      if (m !== first) {
-        // The others share the first one's network namespace: wait for it to run.
-        while (!first.id || first.state.state.kind !== 'running') {
-          if (signal.aborted) return;
-          await delay(500, undefined, { signal }).catch(() => undefined);
-        }
-        networkMode = `container:${first.id}`;
-        m.joined = first.id;
-      }
-      // The first sidecar's network is the pod's: it publishes the others' ports too.
-      const publishPorts = m === first ? this.members.slice(1).flatMap((x) => x.container.ports ?? []) : [];
-      const mounts = await this.o.mounts(c, env);
-      const out = await engine.create({
-        pod: { namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid },
-        container: c,
-        ...(pod.spec?.securityContext ? { podSecurityContext: pod.spec.securityContext } : {}),
-        env: Object.entries(env).map(([name, value]) => ({ name, value })),
-        ...(c.command ? { command: c.command.map((x) => expand(x, vars)) } : {}),
-        ...(c.args ? { args: c.args.map((x) => expand(x, vars)) } : {}),
-        restartCount: m.state.restartCount,
-        mounts,
-        networkMode,
-        publishOn: this.o.hostIP,
-        ...(publishPorts.length > 0 ? { publishPorts } : {}),
-        hostname: pod.spec?.hostname ?? pod.metadata!.name!,
-      });
-      created = out.id;
-      if (m.state.restartCount === 0) for (const why of out.ignored) this.o.event('Warning', 'UnsupportedPodSpecField', `container ${c.name}: ${why}`);
-      if (signal.aborted) {
-        await engine.remove(out.id, { force: true }).catch(() => undefined);
-        return;
-      }
-      this.o.event('Normal', 'Created', `Created container ${c.name} (engine container ${out.name})`);
-      await engine.start(out.id);
-      const s = await engine.inspect(out.id);
-      // The one before the previous run is not needed any more (the kubelet keeps one previous).
-      const stale = m.previousId;
-      m.previousId = m.id ?? m.previousId;
-      if (stale && stale !== m.previousId) await engine.remove(stale, { force: true }).catch(() => undefined);
-      m.id = out.id;
+      id = await this.create(engine, m);
+      if (!id) return;
+      await engine.start(id);
+      const s = await engine.inspect(id);
+      this.rotate(engine, m, id);
       m.ip = s.ipAddress;
       const startedAt = s.startedAt ?? new Date();
       this.set(m, {
         containerID: s.containerID, imageID: s.imageID,
         state: { kind: 'running', startedAt }, ready: false, started: false,
       });
-      this.o.event('Normal', 'Started', `Started container ${c.name}`);
-      this.watch(m, out.id);
-      if (m === first) this.rejoin(first);
-      void this.started(m, out.id, startedAt);
+      this.o.event('Normal', 'Started', `Started container ${m.container.name}`);
+      this.watch(m, id);
+      if (m === this.owner()) this.rejoin(m);
+      void this.started(m, id, startedAt);
     } catch (err) {
       if (signal.aborted) return;
-      const e = err as Error;
-      const reason = err instanceof SidecarEngineUnavailable ? 'SidecarEngineUnavailable'
-        : err instanceof SidecarEngineError ? (err.reason === 'ErrImagePull' ? (m.state.state.kind === 'waiting' && ['ErrImagePull', 'ImagePullBackOff'].includes(m.state.state.reason) ? 'ImagePullBackOff' : 'ErrImagePull') : err.reason === 'InvalidSpec' ? 'CreateContainerConfigError' : 'CreateContainerError')
-        : 'CreateContainerError';
-      const message = e.message.split('\n')[0]!;
-      this.o.log.warn({ uid, container: c.name, err: message }, 'starting a sidecar failed');
-      this.o.event('Warning', reason === 'SidecarEngineUnavailable' ? 'SidecarEngineUnavailable' : 'Failed', `Error: container ${c.name}: ${message}`);
-      if (created) {
-        const engine = await this.o.engine().catch(() => undefined);
-        await engine?.remove(created, { force: true }).catch(() => undefined);
-      }
+      const { reason, message } = this.failure(m, err);
+      if (id && m.id !== id) await (await this.o.engine().catch(() => undefined))?.remove(id, { force: true }).catch(() => undefined);
       this.set(m, { state: { kind: 'waiting', reason, message }, ready: false, started: false });
       const wait = Math.max(m.backoff.next(0), 1000);
       void delay(wait, undefined, { signal }).then(() => this.run(m), () => undefined);
     }
+  }
+
+  /**
+   * Pulls and creates the engine container of a member's next run (not started); undefined when the pod
+   * went meanwhile. Its network: the owner's bridge network, publishing every long-running member's
+   * ports; the other sidecars join the owner's namespace once it runs; an init container joins it when it
+   * runs, else has the bridge to itself.
+   */
+  private async create(engine: SidecarEngine, m: Member): Promise<string | undefined> {
+    const c = m.container;
+    const pod = this.pod;
+    const signal = this.done.signal;
+    await this.pull(engine, m);
+    if (signal.aborted) return undefined;
+    const env = await this.o.env(c);
+    const vars = new Map(Object.entries(env));
+    const owner = this.owner();
+    let networkMode = 'bridge';
+    if (m.kind === 'init') {
+      if (owner?.id && owner.state.state.kind === 'running') networkMode = `container:${owner.id}`;
+    } else if (m !== owner && owner) {
+      while (!owner.id || owner.state.state.kind !== 'running') {
+        if (signal.aborted) return undefined;
+        await delay(500, undefined, { signal }).catch(() => undefined);
+      }
+      networkMode = `container:${owner.id}`;
+      m.joined = owner.id;
+    }
+    const publishPorts = m === owner ? this.members.filter((x) => x !== owner && x.kind !== 'init').flatMap((x) => x.container.ports ?? []) : [];
+    const mounts = await this.o.mounts(c, env);
+    const out = await engine.create({
+      pod: { namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid: pod.metadata!.uid! },
+      container: c,
+      ...(pod.spec?.securityContext ? { podSecurityContext: pod.spec.securityContext } : {}),
+      env: Object.entries(env).map(([name, value]) => ({ name, value })),
+      ...(c.command ? { command: c.command.map((x) => expand(x, vars)) } : {}),
+      ...(c.args ? { args: c.args.map((x) => expand(x, vars)) } : {}),
+      restartCount: m.state.restartCount,
+      mounts,
+      networkMode,
+      ...(m.kind === 'init' ? {} : { publishOn: this.o.hostIP }),
+      ...(publishPorts.length > 0 ? { publishPorts } : {}),
+      hostname: pod.spec?.hostname ?? pod.metadata!.name!,
+    });
+    if (m.state.restartCount === 0) for (const why of out.ignored) this.o.event('Warning', 'UnsupportedPodSpecField', `container ${c.name}: ${why}`);
+    if (signal.aborted) {
+      await engine.remove(out.id, { force: true }).catch(() => undefined);
+      return undefined;
+    }
+    this.o.event('Normal', 'Created', `Created container ${c.name} (engine container ${out.name})`);
+    return out.id;
+  }
+
+  /** `id` is the member's current run; the one before becomes the previous (logs --previous), older ones go. */
+  private rotate(engine: SidecarEngine, m: Member, id: string): void {
+    const stale = m.previousId;
+    m.previousId = m.id ?? m.previousId;
+    if (stale && stale !== m.previousId) void engine.remove(stale, { force: true }).catch(() => undefined);
+    m.id = id;
+  }
+
+  /** A run that could not start: its waiting reason (the kubelet's words) and message; logged and told. */
+  private failure(m: Member, err: unknown): { reason: string; message: string } {
+    const c = m.container;
+    const was = m.state.state;
+    const reason = err instanceof SidecarEngineUnavailable ? 'SidecarEngineUnavailable'
+      : err instanceof SidecarEngineError ? (err.reason === 'ErrImagePull' ? (was.kind === 'waiting' && ['ErrImagePull', 'ImagePullBackOff'].includes(was.reason) ? 'ImagePullBackOff' : 'ErrImagePull') : err.reason === 'InvalidSpec' ? 'CreateContainerConfigError' : 'CreateContainerError')
+      : 'CreateContainerError';
+    const message = (err as Error).message.split('\n')[0]!;
+    this.o.log.warn({ uid: this.pod.metadata!.uid, container: c.name, err: message }, 'starting a container on the engine failed');
+    this.o.event('Warning', reason === 'SidecarEngineUnavailable' ? 'SidecarEngineUnavailable' : 'Failed', `Error: container ${c.name}: ${message}`);
+    m.state = { ...m.state, state: { kind: 'waiting', reason, message } };
+    return { reason, message };
   }
 
   /** imagePullPolicy as the kubelet: Always pulls, IfNotPresent pulls a missing image, Never never does. */
@@ -461,7 +565,8 @@ export class SidecarSet {
       const message = m.killedFor;
       m.killedFor = undefined;
       const terminated = { exitCode, reason, ...(message ? { message } : {}), ...(started ? { startedAt: started } : {}), finishedAt };
-      const policy = this.pod.spec?.restartPolicy ?? 'Always';
+      // A native sidecar is restarted whatever the pod's policy (its own restartPolicy is Always).
+      const policy = m.kind === 'native' ? 'Always' : this.pod.spec?.restartPolicy ?? 'Always';
       const name = m.container.name;
       if (!(policy === 'Always' || (policy === 'OnFailure' && exitCode !== 0))) {
         this.set(m, { state: { kind: 'terminated', ...terminated }, ready: false, started: false });

@@ -200,4 +200,44 @@ test('sidecars have hooks and probes, share the first one\'s network after it re
   rmSync(path.join(hostDir, 'prestop'), { force: true });
   await env.delete('probed');
   assert.equal(readFileSync(path.join(hostDir, 'prestop'), 'utf8'), 'stopped-by-prestop\n', 'preStop ran at deletion');
+  // web joined proxy's network: both are removed all the same (the one that joined first).
+  assert.deepEqual(await engineContainers(pod.metadata!.uid!), []);
 });
+
+test('init containers: a native sidecar starts first and stays, a container-image init container runs on the engine in its network, one with the VM image runs in the VM', async () => {
+  const work = [{ name: 'work', mountPath: '/work' }];
+  await env.apply(env.manifest('inits', {}, {
+    initContainers: [
+      {
+        name: 'proxy', image: env.busybox, restartPolicy: 'Always', ports: [{ containerPort: 8090 }],
+        command: ['sh', '-c', 'mkdir -p /www && echo proxied > /www/index.html && exec httpd -f -p 8090 -h /www'],
+        startupProbe: { tcpSocket: { port: 8090 }, periodSeconds: 1 },
+      },
+      {
+        // Reaches the native sidecar on localhost: they share a network namespace.
+        name: 'fetch', image: env.busybox, volumeMounts: work,
+        command: ['sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8090 | tail -1 > /work/fetched && echo fetched`],
+      },
+      { name: 'in-vm', image: env.image, volumeMounts: work, command: ['sh', '-c', 'cp /work/fetched /work/seen-by-vm'] },
+    ],
+    containers: [{ name: 'vm', image: env.image, volumeMounts: work, command: ['sh', '-c', 'cat /work/seen-by-vm; exec sleep 100000'] }],
+    volumes: [{ name: 'work', emptyDir: {} }],
+  }));
+  const pod = await env.waitReady('inits');
+  const inits = pod.status?.initContainerStatuses ?? [];
+  assert.deepEqual(inits.map((s) => [s.name, Object.keys(s.state ?? {})[0], s.state?.terminated?.exitCode]), [['proxy', 'running', undefined], ['fetch', 'terminated', 0], ['in-vm', 'terminated', 0]]);
+  assert.equal(inits[0]?.started, true);
+  assert.match(inits[1]?.containerID ?? '', /^docker:\/\/[0-9a-f]{64}$/);
+  assert.equal(cond(pod, 'Initialized'), 'True');
+  assert.equal(await env.kubectl('logs', 'inits', '-c', 'fetch'), 'fetched\n');
+  await waitFor('the VM container printed what the chain fetched', async () => ((await env.kubectl('logs', 'inits', '-c', 'vm')) === 'proxied\n' ? true : undefined), { timeoutMs: 30_000, intervalMs: 500 });
+  // The native sidecar keeps running beside the VM; exec reaches it.
+  assert.equal(await env.kubectl('exec', 'inits', '-c', 'proxy', '--', 'cat', '/www/index.html'), 'proxied\n');
+  const uid = pod.metadata!.uid!;
+  await env.delete('inits');
+  assert.deepEqual(await engineContainers(uid), []);
+});
+
+function cond(p: V1Pod, type: string): string | undefined {
+  return p.status?.conditions?.find((c) => c.type === type)?.status;
+}

@@ -231,10 +231,10 @@ const cases: Case[] = [
     message: /spec\.runtimeClassName: RuntimeClass "gvisor" selects handler "runsc", which this node does not have/,
   },
   {
-    // Init containers run as processes in the pod's VM, so they must name the VM's image.
-    name: 'init-container-image', ...failed, reason: /^UnsupportedPodSpec$/,
-    pod: (n) => manifest(n, { initContainers: [{ name: 'migrate', image: containerImage, command: ['/migrate'] }] }),
-    message: /spec\.initContainers\[0\] \(migrate\)\.image: "127\.0\.0\.1:\d+\/oci\/hello:1" is not the VM's image .*; init containers of a VM pod run inside its VM/,
+    // A native sidecar runs on the container engine: the VM's image cannot be one.
+    name: 'native-sidecar-vm-image', ...failed, reason: /^UnsupportedPodSpec$/,
+    pod: (n) => manifest(n, { initContainers: [{ name: 'proxy', image: vmImage, restartPolicy: 'Always', command: ['sleep', '1000'] }] }),
+    message: /spec\.initContainers\[0\] \(proxy\): restartPolicy Always makes "proxy" a native sidecar, which runs on the node's container engine, but its image is the VM's/,
   },
 ];
 

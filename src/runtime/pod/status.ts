@@ -22,6 +22,8 @@ export interface PodRuntimeState {
   initContainers?: ContainerRuntimeState[];
   /** Hybrid pods: the sidecar containers (every container but the VM container) on the container engine. */
   sidecars?: ContainerRuntimeState[];
+  /** Native sidecars (init containers with restartPolicy Always), on the container engine. */
+  nativeSidecars?: ContainerRuntimeState[];
 }
 
 /** One container as the runtime sees it: the VM container, or an init container run in the VM. */
@@ -64,14 +66,17 @@ export function podStatus(pod: V1Pod, state: PodRuntimeState, now: Date): PodSta
   const initContainers = pod.spec?.initContainers ?? [];
   const initialized = initContainers.length === 0 || (state.initialized ?? (c.started || c.state.kind !== 'waiting'));
   const all = allContainers(pod, state);
+  // Native sidecars are listed with the init containers, and count for readiness as the kubelet's do.
+  const initStates = [...(state.initContainers ?? []), ...(state.nativeSidecars ?? [])];
+  const counted = [...all, ...(state.nativeSidecars ?? [])];
 
   const verdicts: Array<Omit<ConditionJson, 'lastTransitionTime'>> = [
     { type: 'PodReadyToStartContainers', status: state.vmReady ? 'True' : 'False' },
     initialized
       ? { type: 'Initialized', status: 'True' }
-      : { type: 'Initialized', status: 'False', reason: 'ContainersNotInitialized', message: `containers with incomplete status: [${incomplete(initContainers, state.initContainers ?? []).join(' ')}]` },
-    readiness('ContainersReady', all, completed),
-    readyCondition(pod, all, completed),
+      : { type: 'Initialized', status: 'False', reason: 'ContainersNotInitialized', message: `containers with incomplete status: [${incomplete(initContainers, initStates).join(' ')}]` },
+    readiness('ContainersReady', counted, completed),
+    readyCondition(pod, counted, completed),
     { type: 'PodScheduled', status: 'True' },
   ];
   const before = new Map((current?.conditions ?? []).map((k) => [k.type, k]));
@@ -92,7 +97,7 @@ export function podStatus(pod: V1Pod, state: PodRuntimeState, now: Date): PodSta
     ...(state.podIP ? { podIP: state.podIP, podIPs: [{ ip: state.podIP }] } : {}),
     ...(startTime ? { startTime } : {}),
     ...(current?.qosClass ? { qosClass: current.qosClass } : {}),
-    ...(initContainers.length ? { initContainerStatuses: initStatuses(initContainers, state.initContainers ?? []) } : {}),
+    ...(initContainers.length ? { initContainerStatuses: initStatuses(initContainers, initStates) } : {}),
     containerStatuses: all.map((x) => containerStatus(x, finished)),
   };
   return status;
@@ -123,11 +128,12 @@ function containerStatus(c: ContainerRuntimeState, finished: boolean): Container
   };
 }
 
-/** Init containers that have not completed (exited 0), as the kubelet lists them. */
+/** Init containers that have not completed (exited 0; a native sidecar: started), as the kubelet lists them. */
 function incomplete(spec: V1Container[], states: ContainerRuntimeState[]): string[] {
   return spec.filter((ic) => {
-    const s = states.find((x) => x.name === ic.name)?.state;
-    return !(s?.kind === 'terminated' && s.exitCode === 0);
+    const st = states.find((x) => x.name === ic.name);
+    if (ic.restartPolicy === 'Always') return !st?.started;
+    return !(st?.state.kind === 'terminated' && st.state.exitCode === 0);
   }).map((ic) => ic.name);
 }
 

@@ -63,6 +63,26 @@ export function sidecarContainers(pod: V1Pod): V1Container[] {
   return (pod.spec?.containers ?? []).filter((_, i) => i !== vm);
 }
 
+/**
+ * Where an init container runs: in the VM ("vm", an agent process) when its image is the VM container's,
+ * else on the container engine ("engine"); an init container with restartPolicy Always is a native
+ * sidecar, which runs on the engine for the pod's whole life ("native").
+ */
+export function initContainerPlace(pod: V1Pod, ic: V1Container): 'vm' | 'engine' | 'native' {
+  if (ic.restartPolicy === 'Always') return 'native';
+  return ic.image === vmContainer(pod).image ? 'vm' : 'engine';
+}
+
+/** The pod's containers that run on the container engine: native sidecars, then sidecars, then init containers. */
+export function engineContainers(pod: V1Pod): Array<{ container: V1Container; kind: 'native' | 'sidecar' | 'init' }> {
+  const inits = pod.spec?.initContainers ?? [];
+  return [
+    ...inits.filter((ic) => initContainerPlace(pod, ic) === 'native').map((container) => ({ container, kind: 'native' as const })),
+    ...sidecarContainers(pod).map((container) => ({ container, kind: 'sidecar' as const })),
+    ...inits.filter((ic) => initContainerPlace(pod, ic) === 'engine').map((container) => ({ container, kind: 'init' as const })),
+  ];
+}
+
 /** Throws a PodSpecError naming every field vmlet cannot run; returns when the pod can become a VM. */
 export function checkPod(pod: V1Pod, opts: CheckOptions): void {
   const problems: Problem[] = [];
@@ -107,23 +127,20 @@ export function checkPod(pod: V1Pod, opts: CheckOptions): void {
   });
 
   containers.forEach((c, i) => checkContainer(c, where('containers', i, c), volumes, add, i === vmIndex ? 'vm' : 'sidecar'));
+  // Init containers with the VM container's image run as processes in the pod's VM, before its main
+  // process, and need a command; any other image runs on the container engine, as a sidecar does.
+  const vmImage = containers[vmIndex]?.image;
   (spec.initContainers ?? []).forEach((c, i) => {
     const at = where('initContainers', i, c);
-    const before = problems.length;
-    checkContainer(c, at, volumes, add, 'vm');
-    // API server allows (SidecarContainers, on by default since 1.29).
-    if (c.restartPolicy === 'Always') {
-      add('UnsupportedPodSpec', `${at}: restartPolicy Always makes "${c.name}" a sidecar container, which VM pods do not support yet; drop restartPolicy to run it to completion before the main process`);
+    const inVm = c.image === vmImage;
+    // restartPolicy Always (API server allows it: SidecarContainers, on by default since 1.29) is a native sidecar.
+    if (c.restartPolicy === 'Always' && inVm) {
+      add('UnsupportedPodSpec', `${at}: restartPolicy Always makes "${c.name}" a native sidecar, which runs on the node's container engine, but its image is the VM's ("${vmImage}"); give it a container image, or drop restartPolicy to run it in the VM to completion before the main process`);
       return;
     }
-    if (problems.length > before) return;
-    // Init containers run as processes in the pod's VM, before its main process: same image, a command.
-    const vmImage = containers[vmIndex]?.image;
-    if (c.image !== vmImage) {
-      add('UnsupportedPodSpec', `${at}.image: "${c.image}" is not the VM's image "${vmImage}"; init containers of a VM pod run inside its VM, so they use the VM container's image (container-image init containers need a container engine, which VM pods do not support yet)`);
-    }
-    if (!c.command?.length && !c.args?.length) {
-      add('UnsupportedPodSpec', `${at}: an init container of a VM pod needs a command (it runs as a process in the VM, and a VM image has no entrypoint); set command`);
+    checkContainer(c, at, volumes, add, inVm ? 'vm' : 'sidecar');
+    if (inVm && !c.command?.length && !c.args?.length) {
+      add('UnsupportedPodSpec', `${at}: an init container with the VM's image runs as a process in the VM, and a VM image has no entrypoint; set command`);
     }
   });
 

@@ -265,3 +265,20 @@ test('hybrid pods: containerStatuses list every spec container in spec order, an
   const vmDown = podStatus(pod, { ...running, container: { ...build, ready: false }, sidecars: [helper, svc] }, t2);
   assert.equal(cond(vmDown, 'Ready')?.message, 'containers with unready status: [build]');
 });
+
+test('native sidecars: listed with the init containers, complete once started, and counted for readiness', () => {
+  const pod: V1Pod = { ...basePod, spec: { ...basePod.spec!, initContainers: [{ name: 'proxy', image: 'envoy', restartPolicy: 'Always' }, { name: 'migrate', image: 'busybox' }] } };
+  const proxy = { name: 'proxy', image: 'envoy', containerID: 'docker://p', state: { kind: 'running' as const, startedAt: t0 }, ready: false, started: false, restartCount: 0 };
+  const migrate = { name: 'migrate', image: 'busybox', containerID: 'docker://m', state: { kind: 'terminated' as const, exitCode: 0, reason: 'Completed', startedAt: t0, finishedAt: t1 }, ready: false, started: false, restartCount: 0 };
+  // Not started yet (its startup probe has not passed): Initialized names it.
+  let s = podStatus(pod, { ...running, initialized: false, initContainers: [], nativeSidecars: [proxy] }, t2);
+  assert.equal(cond(s, 'Initialized')?.message, 'containers with incomplete status: [proxy migrate]');
+  assert.deepEqual(s.initContainerStatuses?.map((c) => [c.name, Object.keys(c.state ?? {})[0]]), [['proxy', 'running'], ['migrate', 'waiting']]);
+  // Started, migrate done, the VM container Ready; the pod is Ready only with the native sidecar ready too.
+  s = podStatus(pod, { ...running, initialized: true, initContainers: [migrate], nativeSidecars: [{ ...proxy, started: true }] }, t2);
+  assert.equal(cond(s, 'Initialized')?.status, 'True');
+  assert.equal(cond(s, 'ContainersReady')?.message, 'containers with unready status: [proxy]');
+  assert.deepEqual(s.containerStatuses?.map((c) => c.name), ['vm'], 'native sidecars are not in containerStatuses');
+  s = podStatus(pod, { ...running, initialized: true, initContainers: [migrate], nativeSidecars: [{ ...proxy, started: true, ready: true }] }, t2);
+  assert.equal(cond(s, 'Ready')?.status, 'True');
+});

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { V1Container, V1Pod, V1PodSpec } from '@kubernetes/client-node';
 import { PodSpecError } from '../../../src/runtime/pod/errors.ts';
-import { checkPod, checkRuntimeClass, podWarnings, sidecarContainers, vmContainer } from '../../../src/runtime/pod/validate.ts';
+import { checkPod, checkRuntimeClass, engineContainers, podWarnings, sidecarContainers, vmContainer } from '../../../src/runtime/pod/validate.ts';
 
 const opts = { hostPathPrefixes: ['/srv/shared', '/var/lib/vmlet/host'] };
 const vm: V1Container = { name: 'vm', image: 'ghcr.io/cirruslabs/ubuntu:latest' };
@@ -120,9 +120,9 @@ const cases: Array<[string, V1Pod, RegExp]> = [
   ['a readinessProbe with only timings', pod({}, { readinessProbe: { periodSeconds: 5 } }), /^InvalidPodSpec: spec\.containers\[0\] \(vm\)\.readinessProbe: no handler is given; set one of exec, httpGet, tcpSocket, grpc/],
   ['a livenessProbe with two handlers', pod({}, { livenessProbe: { exec: { command: ['true'] }, tcpSocket: { port: 22 } } }), /^InvalidPodSpec: .*\.livenessProbe: only one handler may be given, found exec and tcpSocket/],
   ['a preStop hook with no handler', pod({}, { lifecycle: { preStop: {} } }), /^InvalidPodSpec: .*\.lifecycle\.preStop: no handler/],
-  ['an init container with another image than the VM\'s', pod({ initContainers: [{ name: 'setup', image: 'busybox:1', command: ['true'] }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(setup\)\.image: "busybox:1" is not the VM's image "ghcr\.io\/cirruslabs\/ubuntu:latest"; init containers of a VM pod run inside its VM/],
-  ['an init container without a command', pod({ initContainers: [{ name: 'setup', image: 'ghcr.io/cirruslabs/ubuntu:latest' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(setup\): an init container of a VM pod needs a command/],
-  ['a sidecar init container (restartPolicy Always)', pod({ initContainers: [{ name: 'proxy', image: 'envoy', restartPolicy: 'Always' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(proxy\): restartPolicy Always makes "proxy" a sidecar container/],
+  ['a privileged init container on the engine', pod({ initContainers: [{ name: 'setup', image: 'busybox:1', command: ['true'], securityContext: { privileged: true } }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(setup\)\.securityContext\.privileged: true is not supported/],
+  ['an init container with the VM\'s image without a command', pod({ initContainers: [{ name: 'setup', image: 'ghcr.io/cirruslabs/ubuntu:latest' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(setup\): an init container with the VM's image runs as a process in the VM, and a VM image has no entrypoint; set command/],
+  ['a native sidecar (restartPolicy Always) with the VM\'s image', pod({ initContainers: [{ name: 'proxy', image: 'ghcr.io/cirruslabs/ubuntu:latest', restartPolicy: 'Always' }] }), /^UnsupportedPodSpec: spec\.initContainers\[0\] \(proxy\): restartPolicy Always makes "proxy" a native sidecar, which runs on the node's container engine, but its image is the VM's/],
   ['an init container with no image', pod({ initContainers: [{ name: 'setup', image: '' }] }), /^InvalidPodSpec: spec\.initContainers\[0\] \(setup\)\.image: no image/],
   ['a cpu limit of 0', pod({}, { resources: { limits: { cpu: '0' } } }), /^InvalidVmSize: .*\.resources\.limits\.cpu: 0 leaves the VM no CPU/],
   ['a memory limit of 0', pod({}, { resources: { limits: { memory: '0' } } }), /^InvalidVmSize: .*\.resources\.limits\.memory: 0 leaves the VM no memory/],
@@ -228,4 +228,17 @@ test('hybrid pods: containers other than the VM container are sidecars; the anno
   // A sidecar's securityContext is the engine's to apply, and its probes run: no warning for either.
   const w = pod({ containers: [vm, { ...helper, securityContext: { runAsUser: 1000 }, readinessProbe: { exec: { command: ['true'] } } }] });
   assert.deepEqual(podWarnings(w), []);
+});
+
+test('init containers: the VM image runs in the VM, another image on the engine, restartPolicy Always is a native sidecar there', () => {
+  const p = pod({
+    initContainers: [
+      { name: 'proxy', image: 'envoy:1', restartPolicy: 'Always' },
+      { name: 'fetch', image: 'busybox:1' },
+      { name: 'setup', image: vm.image, command: ['true'] },
+    ],
+    containers: [vm, { name: 'helper', image: 'busybox:1' }],
+  });
+  assert.equal(verdict(p), 'accepted');
+  assert.deepEqual(engineContainers(p).map((x) => `${x.kind}:${x.container.name}`), ['native:proxy', 'sidecar:helper', 'init:fetch']);
 });

@@ -214,3 +214,53 @@ test('adopt restarts a running sidecar whose definition changed while vmlet was 
   assert.ok(events.includes('Normal/Killing: Container svc definition changed, will be restarted'), events.join('\n'));
   await set.stop(1);
 });
+
+test('native sidecars start first and own the network; init containers on the engine run once each, in it; sidecars join it later', async () => {
+  const engine = new FakeEngine();
+  const p: V1Pod = {
+    ...pod,
+    spec: {
+      ...pod.spec!,
+      restartPolicy: 'Never',
+      initContainers: [
+        { name: 'proxy', image: 'envoy:1', restartPolicy: 'Always', ports: [{ containerPort: 9901 }] },
+        { name: 'migrate', image: 'busybox:1', command: ['sh', '-c', 'migrate'] },
+        { name: 'in-vm', image: 'ghcr.io/x/vm:1', command: ['true'] },
+      ],
+      containers: pod.spec!.containers.slice(0, 2),
+    },
+  };
+  const { set } = setFor(engine, p);
+  assert.ok(set.has('migrate') && set.has('proxy') && !set.has('in-vm'), 'the init container with the VM image runs in the VM');
+  assert.equal(await set.startNative('proxy'), true);
+  const proxy = engine.containers[0]!;
+  assert.equal(proxy.spec.container.name, 'proxy');
+  assert.equal(proxy.spec.networkMode, 'bridge');
+  assert.deepEqual(proxy.spec.publishPorts, undefined, 'helper has no ports to publish');
+  assert.equal(await set.startNative('proxy'), true, 'a started native sidecar is not started again');
+  assert.equal(engine.containers.length, 1);
+
+  let running = '';
+  const run = set.runInit('migrate', 0, (_at, id) => (running = id));
+  await until('migrate runs', () => running !== '');
+  const migrate = engine.containers[1]!;
+  assert.equal(migrate.spec.networkMode, `container:${proxy.id}`);
+  assert.equal(migrate.spec.publishOn, undefined);
+  engine.exit(migrate.id, 3);
+  const r = await run;
+  assert.equal(r?.kind, 'exited');
+  assert.equal(r?.kind === 'exited' && r.exitCode, 3);
+  assert.equal(set.containerId('migrate'), migrate.id, 'kubectl logs -c migrate reads this run');
+
+  await set.start();
+  const helper = engine.containers.find((c) => c.spec.container.name === 'helper')!;
+  assert.equal(helper.spec.networkMode, `container:${proxy.id}`);
+  assert.equal(engine.containers.filter((c) => c.spec.container.name === 'proxy').length, 1, 'start() keeps the native sidecar');
+  assert.deepEqual(set.states().map((x) => x.name), ['helper']);
+  assert.deepEqual(set.nativeStates().map((x) => [x.name, x.state.kind, x.started]), [['proxy', 'running', true]]);
+
+  // A native sidecar is restarted even with restartPolicy Never.
+  engine.exit(proxy.id, 0);
+  await until('proxy restarted', () => set.nativeStates()[0]!.restartCount === 1 && set.nativeStates()[0]!.state.kind === 'running');
+  await set.stop(1);
+});
