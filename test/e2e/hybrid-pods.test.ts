@@ -241,3 +241,29 @@ test('init containers: a native sidecar starts first and stays, a container-imag
 function cond(p: V1Pod, type: string): string | undefined {
   return p.status?.conditions?.find((c) => c.type === type)?.status;
 }
+
+test('a GitLab-Runner-style job through kubectl attach: the helper fetches into the shared volume from its shell\'s stdin, the build runs it in the VM from its own', async () => {
+  const repo = [{ name: 'repo', mountPath: '/builds' }];
+  await env.apply(env.manifest('job', {}, {
+    restartPolicy: 'Never',
+    containers: [
+      { name: 'build', image: env.image, command: ['sh'], stdin: true, stdinOnce: true, volumeMounts: repo },
+      { name: 'helper', image: env.busybox, command: ['sh'], stdin: true, stdinOnce: true, volumeMounts: repo },
+    ],
+    volumes: [{ name: 'repo', emptyDir: {} }],
+  }));
+  await env.waitReady('job');
+  const attach = async (container: string, script: string): Promise<string> => {
+    const r = await env.cluster.kubectl(['attach', 'job', '-c', container, '-i', '-q'], { input: script });
+    assert.equal(r.code, 0, `attach -c ${container}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const fetched = await attach('helper', 'mkdir -p /builds/project && echo 1.2.3 > /builds/project/VERSION && echo \'echo "built $(cat /builds/project/VERSION) on $(uname -m)"\' > /builds/project/build.sh && echo fetched\nexit 0\n');
+  assert.equal(fetched, 'fetched\n');
+  const built = await attach('build', 'sh /builds/project/build.sh\nexit 0\n');
+  assert.match(built, /^built 1\.2\.3 on \S+\n$/);
+  // Both shells ended with 0 under restartPolicy Never: the job pod Succeeded.
+  const pod = await env.waitForPod('job', 'Succeeded', (p) => (p.status?.phase === 'Succeeded' ? p : undefined), 120_000);
+  assert.deepEqual(pod.status?.containerStatuses?.map((s) => [s.name, s.state?.terminated?.exitCode]), [['build', 0], ['helper', 0]]);
+  await env.delete('job');
+});
