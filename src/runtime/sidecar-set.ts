@@ -159,6 +159,7 @@ export class SidecarSet {
       const s = await engine.inspect(id);
       this.rotate(engine, m, id);
       const startedAt = s.startedAt ?? new Date();
+      this.o.event('Normal', 'Started', `Started container ${m.container.name}`);
       onRunning(startedAt, s.containerID);
       const { exitCode } = await engine.wait(id, signal);
       if (signal.aborted) return undefined;
