@@ -20,6 +20,8 @@ export interface ClusterOptions {
   binaries?: TestBinaries;
   /** More kube-apiserver flags. */
   apiServerArgs?: readonly string[];
+  /** Authenticate bootstrap tokens (Secrets bootstrap-token-<id> in kube-system): --enable-bootstrap-token-auth. */
+  bootstrapTokenAuth?: boolean;
 }
 
 export interface KubectlOptions {
@@ -43,7 +45,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     adminAgent = tlsAgent({ ca: pki.ca.cert, cert: pki.admin.cert, key: pki.admin.key });
     etcd = await startEtcd(binaries.etcd, dir);
     const port = await freePort();
-    apiServer = new ApiServer({ binary: binaries.kubeApiserver, dir, port, etcdUrl: etcd.url, pki, adminAgent, extraArgs: opts.apiServerArgs ?? [] });
+    apiServer = new ApiServer({ binary: binaries.kubeApiserver, dir, port, etcdUrl: etcd.url, pki, adminAgent, extraArgs: [...(opts.bootstrapTokenAuth ? ['--enable-bootstrap-token-auth'] : []), ...(opts.apiServerArgs ?? [])] });
     await apiServer.start();
     const adminKubeconfig = await writeKubeconfig(join(dir, 'admin.kubeconfig'), {
       server: apiServer.url,
@@ -104,6 +106,11 @@ export class Cluster {
   /** The CA certificate (PEM). */
   get caCert(): string {
     return this.ca.cert;
+  }
+
+  /** The CA private key's file (a signer's --cluster-signing-key-file). */
+  get caKeyFile(): string {
+    return join(this.dir, 'pki', 'ca.key');
   }
 
   /** The CA private key (PKCS#8 PEM), for tests that sign with other tools. */

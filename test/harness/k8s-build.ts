@@ -1,5 +1,6 @@
-// Builds Kubernetes' own kube-apiserver and kubectl from the k8s.io/kubernetes version pinned in
-// tools/k8s/go.mod, into a per-version cache (~/.cache/vmlet/k8s-<version>/bin) shared by every checkout.
+// Builds Kubernetes' own kube-apiserver, kubectl and kube-controller-manager from the k8s.io/kubernetes
+// version pinned in tools/k8s/go.mod, into a per-version cache (~/.cache/vmlet/k8s-<version>/bin) shared
+// by every checkout. A cache that lacks one of them (made before it was added) builds just the missing ones.
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -28,13 +29,28 @@ export function cacheRoot(): string {
 export interface KubernetesBinaries {
   kubeApiserver: string;
   kubectl: string;
+  /** Runs the certificates controllers (CSR approving, signing, cleaning) for TLS bootstrap tests. */
+  kubeControllerManager: string;
   kubernetesVersion: string;
 }
+
+/** Binary name -> its package in k8s.io/kubernetes. */
+const COMMANDS = {
+  'kube-apiserver': 'k8s.io/kubernetes/cmd/kube-apiserver',
+  kubectl: 'k8s.io/kubernetes/cmd/kubectl',
+  'kube-controller-manager': 'k8s.io/kubernetes/cmd/kube-controller-manager',
+} as const;
+type Command = keyof typeof COMMANDS;
 
 /** Where the binaries for a version live; keyed by version so a go.mod bump builds afresh. */
 export function kubernetesBinaries(version: string): KubernetesBinaries {
   const bin = join(cacheRoot(), `k8s-${version}`, 'bin');
-  return { kubeApiserver: join(bin, 'kube-apiserver'), kubectl: join(bin, 'kubectl'), kubernetesVersion: version };
+  return {
+    kubeApiserver: join(bin, 'kube-apiserver'),
+    kubectl: join(bin, 'kubectl'),
+    kubeControllerManager: join(bin, 'kube-controller-manager'),
+    kubernetesVersion: version,
+  };
 }
 
 const PROGRESS_EVERY_MS = 30_000;
@@ -47,9 +63,11 @@ const PROGRESS_EVERY_MS = 30_000;
 export async function ensureKubernetesBinaries(log: (msg: string) => void): Promise<KubernetesBinaries> {
   const version = await kubernetesVersion();
   const bins = kubernetesBinaries(version);
-  const built = (): boolean => existsSync(bins.kubeApiserver) && existsSync(bins.kubectl);
+  const binDir = join(cacheRoot(), `k8s-${version}`, 'bin');
+  const missing = (): Command[] => (Object.keys(COMMANDS) as Command[]).filter((name) => !existsSync(join(binDir, name)));
+  const built = (): boolean => missing().length === 0;
   if (built()) {
-    log(`kube-apiserver and kubectl ${version} already built`);
+    log(`${Object.keys(COMMANDS).join(', ')} ${version} already built`);
     return bins;
   }
   const versionDir = join(cacheRoot(), `k8s-${version}`);
@@ -61,14 +79,14 @@ export async function ensureKubernetesBinaries(log: (msg: string) => void): Prom
     if (built()) return bins;
   }
   try {
-    if (!built()) await build(version, versionDir, log);
+    if (!built()) await build(version, versionDir, missing(), log);
   } finally {
     await rm(lock, { recursive: true, force: true });
   }
   return bins;
 }
 
-async function build(version: string, versionDir: string, log: (msg: string) => void): Promise<void> {
+async function build(version: string, versionDir: string, commands: readonly Command[], log: (msg: string) => void): Promise<void> {
   const scratch = join(versionDir, `bin.partial-${process.pid}`);
   const bin = join(versionDir, 'bin');
   // Scratch dirs of killed builds; we hold the lock, so none of them is still being written.
@@ -86,8 +104,9 @@ async function build(version: string, versionDir: string, log: (msg: string) => 
     `-X k8s.io/client-go/pkg/version.gitVersion=${version}`,
   ].join(' ');
   const args = ['build', '-v', '-trimpath', '-ldflags', ldflags, '-o', `${scratch}/`];
-  args.push('k8s.io/kubernetes/cmd/kube-apiserver', 'k8s.io/kubernetes/cmd/kubectl');
-  log(`building kube-apiserver and kubectl ${version} with ${goBinary()} (log: ${logFile}); this takes minutes`);
+  args.push(...commands.map((name) => COMMANDS[name]));
+  const names = commands.join(', ');
+  log(`building ${names} ${version} with ${goBinary()} (log: ${logFile}); this takes minutes`);
   const started = Date.now();
   const proc = spawnTracked('go build', goBinary(), args, { logFile, cwd: K8S_TOOLS_DIR });
   // `go build -v` names each package as it compiles it: counting them is a cheap progress meter.
@@ -104,9 +123,9 @@ async function build(version: string, versionDir: string, log: (msg: string) => 
     clearInterval(progress);
     await stopProcess(proc);
   }
-  for (const name of ['kube-apiserver', 'kubectl']) await rename(join(scratch, name), join(bin, name));
+  for (const name of commands) await rename(join(scratch, name), join(bin, name));
   await rm(scratch, { recursive: true, force: true });
-  log(`built kube-apiserver and kubectl ${version} in ${Math.round((Date.now() - started) / 1000)} s`);
+  log(`built ${names} ${version} in ${Math.round((Date.now() - started) / 1000)} s`);
 }
 
 /** The Go toolchain: from PATH, else the usual /usr/local/go install. */
@@ -115,6 +134,6 @@ function goBinary(): string {
     if (existsSync(join(dir, 'go'))) return join(dir, 'go');
   }
   if (existsSync('/usr/local/go/bin/go')) return '/usr/local/go/bin/go';
-  throw new Error('Go is needed to build kube-apiserver and kubectl, and none is on PATH or in /usr/local/go');
+  throw new Error('Go is needed to build kube-apiserver, kubectl and kube-controller-manager, and none is on PATH or in /usr/local/go');
 }
 

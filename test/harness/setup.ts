@@ -1,6 +1,6 @@
 // Installs what the tests run on: Debian's etcd, docker-registry, htpasswd, QEMU, and podman + runc +
 // busybox-static for sidecar containers (apt), and Kubernetes'
-// kube-apiserver and kubectl built from the pinned module. Idempotent, and instant when all is there.
+// kube-apiserver, kubectl and kube-controller-manager built from the pinned module. Idempotent, and instant when all is there.
 // As a script (`npm run setup:test`) it runs ensureTestDependencies() and prints what it did.
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -13,6 +13,8 @@ export { kubernetesVersion } from './k8s-build.ts';
 export interface TestBinaries {
   kubeApiserver: string;
   kubectl: string;
+  /** Runs the CSR controllers in TLS bootstrap tests (test/harness/controller-manager.ts). */
+  kubeControllerManager: string;
   etcd: string;
   registry: string;
   htpasswd: string;
