@@ -1,7 +1,7 @@
 // The vmlet daemon: wires the layers together for `vmlet run` — configuration in, then the Kubernetes side
 // (API client, Node, Lease), the host sensors and the hypervisor probe, and the local admin endpoint.
 // Pod runtime, kubelet API and image layers plug in here as their issues land.
-import type { Config } from './config/schema.ts';
+import { certDirOf, nodeKubeconfigOf, type Config } from './config/schema.ts';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,7 +32,10 @@ import { KubeconfigError } from './kube/errors.ts';
 import { clusterAccessConfigured, loadKubeconfig } from './kube/kubeconfig.ts';
 import { NodeController } from './kube/node/node-controller.ts';
 import { AdminServer } from './observability/admin-server.ts';
-import { createLocalKubeletServer, startKubeletServer, type KubeletServer } from './kubelet/server.ts';
+import { createLocalKubeletServer, kubeletHosts, startKubeletServer, type KubeletServer } from './kubelet/server.ts';
+import { bootstrapClientCertificate, ClientCertRotator } from './kube/certificates/client-cert.ts';
+import { CsrRefusedError } from './kube/certificates/request.ts';
+import { SERVING_CERT_FILE, ServingCertManager } from './kube/certificates/serving-cert.ts';
 import type { Logger } from './observability/log.ts';
 import { AgentMetrics } from './observability/metrics.ts';
 import { VMLET_VERSION, KUBELET_VERSION } from './version.ts';
@@ -56,6 +59,9 @@ export class Daemon {
   private staticSource?: StaticPodSource;
   private staticPods?: StaticPodController;
   private mirrors?: MirrorPods;
+  private clientRotator?: ClientCertRotator;
+  private servingCerts?: ServingCertManager;
+  private readonly stopper = new AbortController();
   readonly metrics = new AgentMetrics();
 
   constructor(
@@ -67,11 +73,17 @@ export class Daemon {
   async start(): Promise<void> {
     const { config, log, metrics } = this;
     // Static pods without a kubeconfig given on purpose: no API server (the kubelet's standalone mode).
-    if (config.podManifestPath !== undefined && !clusterAccessConfigured(config.kubeconfig)) return this.startStandalone();
-    const access = loadKubeconfig(config.kubeconfig);
+    if (config.podManifestPath !== undefined && !config.bootstrapKubeconfig && !clusterAccessConfigured(config.kubeconfig)) return this.startStandalone();
+    const kubeconfig = nodeKubeconfigOf(config);
+    if (config.bootstrapKubeconfig) await this.bootstrapClientCertificate(kubeconfig!, config.bootstrapKubeconfig);
+    const access = loadKubeconfig(kubeconfig);
     const health = new ApiHealth(log.child({ component: 'apiserver' }), metrics);
     const api = new KubeApi(access, metrics, health, config.requestTimeout);
     this.api = api;
+    if (config.bootstrapKubeconfig && ClientCertRotator.manages(access, certDirOf(config))) {
+      this.clientRotator = new ClientCertRotator({ http: api.http, certFile: access.certFile!, certDir: certDirOf(config), nodeName: config.nodeName, log: log.child({ component: 'certificates' }) });
+      await this.clientRotator.start();
+    }
     const facts = await readHostFacts();
     log.info({ version: VMLET_VERSION, kubeletVersion: KUBELET_VERSION, server: api.server, kubeconfig: access.source }, 'vmlet starting');
 
@@ -263,7 +275,31 @@ export class Daemon {
     }
   }
 
+  /** TLS bootstrapping: a client certificate from a CSR when the node's kubeconfig is not usable. */
+  private async bootstrapClientCertificate(kubeconfig: string, bootstrapKubeconfig: string): Promise<void> {
+    const { config, log } = this;
+    try {
+      await bootstrapClientCertificate({
+        kubeconfig, bootstrapKubeconfig, certDir: certDirOf(config), nodeName: config.nodeName,
+        log: log.child({ component: 'certificates' }), signal: this.stopper.signal,
+      });
+    } catch (err) {
+      if (err instanceof CsrRefusedError) {
+        throw new StartupError(`TLS bootstrap failed: ${err.message}; vmlet cannot join without a client certificate (see kubectl describe csr ${err.csrName})`);
+      }
+      if (this.stopper.signal.aborted) throw new StartupError('stopped while waiting for the client certificate (TLS bootstrap)');
+      if (err instanceof KubeconfigError) throw err;
+      const status = httpStatus(err);
+      if (status === 401) throw new StartupError(`TLS bootstrap failed: the API server rejected the bootstrap kubeconfig ${bootstrapKubeconfig}'s credentials (401 Unauthorized): is the bootstrap token valid and --enable-bootstrap-token-auth on?`);
+      if (status === 403) throw new StartupError(`TLS bootstrap failed: the bootstrap credentials may not create CertificateSigningRequests (${describeApiError(err)}): bind the ClusterRole system:node-bootstrapper to their group`);
+      throw new StartupError(`TLS bootstrap failed: ${describeApiError(err)}`);
+    }
+  }
+
   async stop(): Promise<void> {
+    this.stopper.abort();
+    this.clientRotator?.stop();
+    this.servingCerts?.stop();
     await this.kubelet?.stop();
     await this.local?.stop();
     await this.staticSource?.stop();
@@ -283,9 +319,19 @@ export class Daemon {
     const { config, log } = this;
     const where = `${config.kubeletAddress}:${config.kubeletPort}`;
     try {
-      const { server, credentials } = await startKubeletServer({ config, api, host: facts, registry: this.metrics.registry, log: log.child({ component: 'kubelet-api' }) });
+      const issuedCertFile = config.serverTlsBootstrap ? path.join(certDirOf(config), SERVING_CERT_FILE) : undefined;
+      const { server, credentials, reload } = await startKubeletServer({
+        config, api, host: facts, registry: this.metrics.registry, log: log.child({ component: 'kubelet-api' }), ...(issuedCertFile ? { issuedCertFile } : {}),
+      });
       this.kubelet = server;
       log.info({ address: where, certificate: credentials.source, certFile: credentials.certFile }, 'kubelet API listening');
+      if (config.serverTlsBootstrap) {
+        this.servingCerts = new ServingCertManager({
+          http: api.http, certDir: certDirOf(config), nodeName: config.nodeName, hosts: kubeletHosts(config, facts),
+          log: log.child({ component: 'certificates' }), issued: reload,
+        });
+        await this.servingCerts.start();
+      }
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'EADDRINUSE') throw new StartupError(`cannot listen on the kubelet port ${where}: it is in use by another process`);

@@ -32,7 +32,7 @@ export function buildProgram(): Command {
     .option('-c, --config <file>', 'YAML configuration file (settings in docs/CONFIGURATION.md)');
   for (const setting of SETTINGS) {
     const repeatable = setting.kind === 'labels' || setting.kind === 'taints' || setting.kind === 'list';
-    const option = new Option(`--${setting.flag} <value>`, `${setting.help} [env ${setting.env}]`);
+    const option = new Option(`--${setting.flag} ${setting.kind === 'bool' ? '[value]' : '<value>'}`, `${setting.help} [env ${setting.env}]`);
     if (repeatable) option.argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]);
     run.addOption(option);
   }

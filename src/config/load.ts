@@ -11,7 +11,8 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-type Kind = 'string' | 'int' | 'list' | 'labels' | 'taints';
+// bool: a flag that may stand alone (--flag means true) or take true/false.
+type Kind = 'string' | 'bool' | 'int' | 'list' | 'labels' | 'taints';
 
 /** One setting that can come from a flag or an environment variable, addressed by its path in the schema. */
 export interface Setting {
@@ -25,6 +26,9 @@ export interface Setting {
 export const SETTINGS: Setting[] = [
   { path: 'nodeName', flag: 'node-name', env: 'VMLET_NODE_NAME', kind: 'string', help: 'name of the Node (default: host name)' },
   { path: 'kubeconfig', flag: 'kubeconfig', env: 'VMLET_KUBECONFIG', kind: 'string', help: 'kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)' },
+  { path: 'bootstrapKubeconfig', flag: 'bootstrap-kubeconfig', env: 'VMLET_BOOTSTRAP_KUBECONFIG', kind: 'string', help: 'kubeconfig (bootstrap token) to request the node\'s client certificate with when --kubeconfig is missing or its certificate expired (TLS bootstrapping)' },
+  { path: 'certDir', flag: 'cert-dir', env: 'VMLET_CERT_DIR', kind: 'string', help: 'where certificates from CSRs are kept (default <image-cache-dir>/pki)' },
+  { path: 'serverTlsBootstrap', flag: 'server-tls-bootstrap', env: 'VMLET_SERVER_TLS_BOOTSTRAP', kind: 'bool', help: 'true: request the kubelet API serving certificate with a kubelet-serving CSR, to be approved (default false: self-signed)' },
   { path: 'logLevel', flag: 'log-level', env: 'VMLET_LOG_LEVEL', kind: 'string', help: 'trace, debug, info, warn, error, fatal or silent' },
   { path: 'hypervisor', flag: 'hypervisor', env: 'VMLET_HYPERVISOR', kind: 'string', help: 'auto, qemu or vz' },
   { path: 'imageCacheDir', flag: 'image-cache-dir', env: 'VMLET_IMAGE_CACHE_DIR', kind: 'string', help: 'image cache directory' },
@@ -117,6 +121,7 @@ function convert(setting: Setting, values: string[]): unknown {
   const last = values[values.length - 1]!;
   switch (setting.kind) {
     case 'string':
+    case 'bool':
       return last;
     case 'int':
       return /^[-+]?\d+$/.test(last.trim()) ? Number(last) : last;

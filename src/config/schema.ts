@@ -70,6 +70,21 @@ export const configSchema = z
     nodeName: nodeName.default(() => defaultNodeName()),
     /** Path of a kubeconfig; else $KUBECONFIG, else the in-cluster service account, else ~/.kube/config. */
     kubeconfig: z.string().min(1).optional(),
+    /**
+     * Kubelet TLS bootstrapping (the kubelet's --bootstrap-kubeconfig): when the node's kubeconfig is
+     * missing or its client certificate expired or unreadable, this kubeconfig's credentials (a bootstrap
+     * token) request a certificate for system:node:<nodeName> through a CSR, and the node's kubeconfig
+     * (`kubeconfig`, default `<imageCacheDir>/vmlet.kubeconfig`) is written to use it. The certificate is
+     * then rotated before it expires.
+     */
+    bootstrapKubeconfig: z.string().min(1).optional(),
+    /** Where certificates from CSRs are kept (vmlet-client-current.pem, vmlet-server-current.pem); default `<imageCacheDir>/pki`. */
+    certDir: z.string().min(1).optional(),
+    /**
+     * The kubelet API's serving certificate comes from a kubelet-serving CSR (the kubelet's
+     * serverTLSBootstrap), which an admin or an approver must approve; self-signed until then.
+     */
+    serverTlsBootstrap: boolean(false),
     logLevel: z.enum(LOG_LEVELS).default('info'),
     /** Which hypervisor runs VMs: `vz` (Virtualization.framework, macOS only), `qemu`, or `auto`. */
     hypervisor: z.enum(HYPERVISORS).default('auto'),
@@ -175,6 +190,9 @@ export const configSchema = z
       const missing = c.kubeletTlsCertFile ? 'kubeletTlsKeyFile' : 'kubeletTlsCertFile';
       ctx.addIssue({ code: 'custom', path: [missing], message: 'kubeletTlsCertFile and kubeletTlsKeyFile must be given together' });
     }
+    if (c.serverTlsBootstrap && c.kubeletTlsCertFile) {
+      ctx.addIssue({ code: 'custom', path: ['serverTlsBootstrap'], message: 'serverTlsBootstrap and kubeletTlsCertFile exclude each other: the serving certificate comes from a CSR or from the files' });
+    }
   });
 
 export type Config = z.output<typeof configSchema>;
@@ -187,6 +205,16 @@ function defaultNodeName(): string {
     .toLowerCase()
     .replace(/[^a-z0-9.-]/g, '-')
     .replace(/^[-.]+|[-.]+$/g, '') || 'vmlet';
+}
+
+/** Where certificates from CSRs go. */
+export function certDirOf(config: Pick<Config, 'certDir' | 'imageCacheDir'>): string {
+  return config.certDir ?? path.join(config.imageCacheDir, 'pki');
+}
+
+/** The node's kubeconfig: the one given, else (TLS bootstrapping) the one vmlet writes in its state dir. */
+export function nodeKubeconfigOf(config: Pick<Config, 'kubeconfig' | 'bootstrapKubeconfig' | 'imageCacheDir'>): string | undefined {
+  return config.kubeconfig ?? (config.bootstrapKubeconfig ? path.join(config.imageCacheDir, 'vmlet.kubeconfig') : undefined);
 }
 
 export function defaultCacheDir(): string {

@@ -56,6 +56,18 @@ export class KubeHttp {
     this.agent.destroy();
   }
 
+  /**
+   * Authenticates with another client certificate from now on (a rotated one). Open connections,
+   * watches included, are closed, as the kubelet does on rotation: the next requests present the new one.
+   */
+  setClientCertificate(cert: Buffer, key: Buffer): void {
+    this.access.cert = cert;
+    this.access.key = key;
+    const old = this.agent;
+    this.agent = this.makeAgent(cert, key);
+    old.destroy();
+  }
+
   private async send(opts: RequestOptions, retried = false): Promise<http.IncomingMessage> {
     const url = new URL(this.server + opts.path);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, v);

@@ -25,6 +25,8 @@ export interface ClusterAccess {
   tlsServerName?: string;
   cert?: Buffer;
   key?: Buffer;
+  /** The file the client certificate was read from (absolute), when it came from a file. */
+  certFile?: string;
   /** A bearer token: fixed, re-read from a file (rotation), or from an exec plugin. */
   token?: () => Promise<string | undefined>;
   basic?: { username: string; password: string };
@@ -109,6 +111,7 @@ function fromFile(file: string): ClusterAccess {
     cert: material('client-certificate', 'client-certificate-data', 'client-certificate', user),
     key: material('client-key', 'client-key-data', 'client-key', user),
   };
+  if (!str(user['client-certificate-data']) && str(user['client-certificate'])) access.certFile = path.resolve(dir, str(user['client-certificate'])!);
   if (Boolean(access.cert) !== Boolean(access.key)) {
     throw new KubeconfigError(`kubeconfig ${file}: user "${context.user}" has a client certificate without a key, or a key without a certificate`);
   }

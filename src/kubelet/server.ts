@@ -20,6 +20,7 @@ import {
   AlwaysAllowAuthorizer, authorizeAll, requestAttributes, WebhookAuthorizer, type Authorizer, type SubjectAccessReviewStatus,
 } from './auth/authorizer.ts';
 import { loadServingCredentials, readCaBundle, type ServingCredentials } from './auth/tls.ts';
+import { servingCertProblem } from '../kube/certificates/serving-cert.ts';
 import { installEndpoints } from './endpoints/index.ts';
 import { installStreaming } from './endpoints/streaming.ts';
 import { readHost } from './endpoints/stats.ts';
@@ -439,6 +440,11 @@ export interface KubeletApiOptions {
   /** vmlet's own metrics, served on /metrics too. */
   registry: Registry;
   log: Logger;
+  /**
+   * serverTlsBootstrap: the file (certificate and key) a kubelet-serving CSR brings; served once it
+   * holds a usable certificate for the node's hosts, the self-signed one until then.
+   */
+  issuedCertFile?: string;
 }
 
 // Certificate and CA files are read again this often, so a renewed certificate is served without a restart.
@@ -449,11 +455,21 @@ const RELOAD_INTERVAL_MS = 60_000;
  * SubjectAccessReview through the API server — registers its own endpoints and listens. Throws
  * ServingCertError for unusable certificate files, and the listen error (EADDRINUSE, ...) as it is.
  */
-export async function startKubeletServer(o: KubeletApiOptions): Promise<{ server: KubeletServer; address: AddressInfo; credentials: ServingCredentials }> {
+export async function startKubeletServer(
+  o: KubeletApiOptions,
+): Promise<{ server: KubeletServer; address: AddressInfo; credentials: ServingCredentials; reload: () => Promise<void> }> {
   const { config, api, log } = o;
-  const hosts = [...new Set([config.nodeName, o.host.hostname.toLowerCase(), ...(config.node.ip ? [config.node.ip] : []), ...o.host.ips].filter(Boolean))];
+  const hosts = kubeletHosts(config, o.host);
   const certOptions = { certFile: config.kubeletTlsCertFile, keyFile: config.kubeletTlsKeyFile, dir: path.join(config.imageCacheDir, 'pki'), hosts };
-  let credentials = await loadServingCredentials(certOptions);
+  // With serverTlsBootstrap, the certificate a kubelet-serving CSR brought once it is there, else the self-signed one.
+  const issuedFile = o.issuedCertFile;
+  const loadCredentials = async (): Promise<ServingCredentials> => {
+    if (issuedFile && !(await servingCertProblem(issuedFile, hosts))) {
+      return { ...(await loadServingCredentials({ ...certOptions, certFile: issuedFile, keyFile: issuedFile })), source: 'csr' };
+    }
+    return loadServingCredentials(certOptions);
+  };
+  let credentials = await loadCredentials();
   const caFile = config.kubeletClientCaFile;
   let clientCAs: X509Certificate[] = caFile ? await readCaBundle(caFile) : [];
 
@@ -518,7 +534,7 @@ export async function startKubeletServer(o: KubeletApiOptions): Promise<{ server
     if (reloading) return;
     reloading = true;
     try {
-      const next = await loadServingCredentials(certOptions);
+      const next = await loadCredentials();
       if (next.fingerprint !== credentials.fingerprint) {
         credentials = next;
         server.setCredentials(next);
@@ -541,7 +557,12 @@ export async function startKubeletServer(o: KubeletApiOptions): Promise<{ server
   const timer = setInterval(() => void reload(), RELOAD_INTERVAL_MS);
   timer.unref();
   server.onStop(() => clearInterval(timer));
-  return { server, address, credentials };
+  return { server, address, credentials, reload };
+}
+
+/** The names and addresses the kubelet API answers to: its self-signed certificate's, and a serving CSR's, SANs. */
+export function kubeletHosts(config: Config, host: { hostname: string; ips: readonly string[] }): string[] {
+  return [...new Set([config.nodeName, host.hostname.toLowerCase(), ...(config.node.ip ? [config.node.ip] : []), ...host.ips].filter(Boolean))];
 }
 
 /**

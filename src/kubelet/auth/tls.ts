@@ -10,7 +10,8 @@ import path from 'node:path';
 export interface ServingCredentials {
   cert: string;
   key: string;
-  source: 'files' | 'self-signed';
+  /** files: kubeletTlsCertFile/KeyFile; csr: issued for a kubelet-serving CSR (serverTlsBootstrap). */
+  source: 'files' | 'self-signed' | 'csr';
   certFile: string;
   keyFile: string;
   notAfter: Date;
@@ -110,13 +111,13 @@ export async function generateSelfSigned(hosts: readonly string[], now: number =
   };
 }
 
-function pem(bytes: Buffer, label: string): string {
+export function pem(bytes: Buffer, label: string): string {
   const lines = bytes.toString('base64').match(/.{1,64}/g) ?? [];
   return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
 }
 
-/** The few DER encodings a certificate needs. */
-const der = {
+/** The few DER encodings a certificate (or a certificate request, src/kube/certificates/csr.ts) needs. */
+export const der = {
   tlv(tag: number, content: Buffer): Buffer {
     const n = content.length;
     const length = n < 0x80 ? Buffer.from([n]) : (() => {
