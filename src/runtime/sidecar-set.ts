@@ -83,6 +83,8 @@ export class SidecarSet {
   private readonly done = new AbortController();
   /** The pod as last seen (update()). */
   private pod: V1Pod;
+  /** Told when the network's owner runs (members waiting to join its network). */
+  private readonly ownerRuns: Array<() => void> = [];
 
   constructor(private readonly o: SidecarSetOptions) {
     this.pod = o.pod;
@@ -427,6 +429,9 @@ export class SidecarSet {
     if (m.state.started && m.onStarted) {
       for (const tell of m.onStarted.splice(0)) tell();
     }
+    if (m.state.state.kind === 'running' && m === this.owner()) {
+      for (const tell of this.ownerRuns.splice(0)) tell();
+    }
     this.o.changed();
   }
 
@@ -482,7 +487,10 @@ export class SidecarSet {
     } else if (m !== owner && owner) {
       while (!owner.id || owner.state.state.kind !== 'running') {
         if (signal.aborted) return undefined;
-        await delay(500, undefined, { signal }).catch(() => undefined);
+        await new Promise<void>((resolve) => {
+          this.ownerRuns.push(resolve);
+          signal.addEventListener('abort', () => resolve(), { once: true });
+        });
       }
       networkMode = `container:${owner.id}`;
       m.joined = owner.id;
