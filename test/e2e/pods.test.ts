@@ -114,7 +114,7 @@ test('a hybrid pod (a sidecar next to the VM) without a container engine waits w
     return p.status?.reason === 'SidecarEngineUnavailable' ? p : undefined;
   }, { timeoutMs: 60_000, intervalMs: 500 });
   assert.equal(pod.status?.phase, 'Pending');
-  assert.match(pod.status?.message ?? '', /pod has sidecar containers \(sidecar\) and no container engine for sidecars at .*docker\.sock.*; start the engine or set sidecarEngine/);
+  assert.match(pod.status?.message ?? '', /pod has containers that run on the container engine \(sidecar\) and no container engine for sidecars at .*docker\.sock.*; start the engine or set sidecarEngine/);
   assert.deepEqual(pod.status?.containerStatuses?.map((c) => c.name), ['vm', 'sidecar']);
   assert.ok((await events('two-containers')).some((e) => e.type === 'Warning' && e.reason === 'SidecarEngineUnavailable' && /docker\.sock/.test(e.message ?? '')));
   assert.equal((await vmlet.admin('/healthz')).status, 200);
