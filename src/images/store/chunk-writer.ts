@@ -20,6 +20,11 @@ export interface ChunkJob {
   /** Decoded bytes so far. */
   onProgress?: (decoded: number) => void;
   maxInFlight?: number;
+  /**
+   * Compressed bytes are sent to the worker in pieces of this size (default 256 KiB), not as the network
+   * delivers them (16-64 KiB): one message, and one reply, per piece.
+   */
+  batchBytes?: number;
 }
 
 export interface ChunkResult {
@@ -120,16 +125,32 @@ function runJob(worker: Worker, id: number, job: ChunkJob): Promise<ChunkResult>
     worker.on('exit', onExit);
     const send = (msg: ChunkToWorker, transfer?: ArrayBuffer[]) => worker.postMessage(msg, transfer);
     send({ type: 'start', id, file: job.file, offset: job.offset, sparse: job.sparse, expect: job.expect });
+    const batch = Math.max(1, job.batchBytes ?? 256 * 1024);
     void (async () => {
+      // Network buffers are slices of memory undici reuses: they are copied into pieces the worker can own,
+      // which is also where small reads are gathered into one message.
+      let piece = new Uint8Array(new ArrayBuffer(batch));
+      let fill = 0;
+      const post = async (): Promise<void> => {
+        const ab = fill === piece.byteLength ? piece.buffer : piece.buffer.slice(0, fill);
+        inFlight += fill;
+        send({ type: 'data', id, chunk: ab }, [ab]);
+        piece = new Uint8Array(new ArrayBuffer(batch));
+        fill = 0;
+        if (inFlight >= maxInFlight) await new Promise<void>((r) => (wake = r));
+      };
       for await (const chunk of job.source) {
         if (finished) return;
-        // A copy the worker can own: network buffers are slices of memory undici reuses.
-        const ab = new ArrayBuffer(chunk.byteLength);
-        new Uint8Array(ab).set(chunk);
-        inFlight += ab.byteLength;
-        send({ type: 'data', id, chunk: ab }, [ab]);
-        if (inFlight >= maxInFlight) await new Promise<void>((r) => (wake = r));
+        for (let at = 0; at < chunk.byteLength; ) {
+          const n = Math.min(batch - fill, chunk.byteLength - at);
+          piece.set(chunk.subarray(at, at + n), fill);
+          fill += n;
+          at += n;
+          if (fill === batch) await post();
+          if (finished) return;
+        }
       }
+      if (fill > 0 && !finished) await post();
       if (!finished) send({ type: 'end', id });
     })().catch((err: Error) => finish(err));
   });
