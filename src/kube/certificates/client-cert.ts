@@ -13,8 +13,9 @@ import type { Logger } from '../../observability/log.ts';
 import { KubeHttp } from '../http.ts';
 import { KubeconfigError, loadKubeconfig, type ClusterAccess } from '../kubeconfig.ts';
 import {
-  bootstrapCsrName, buildCsr, certificateProblem, CLIENT_SIGNER, CLIENT_USAGES, generateKey, nodeSubject, rotationDeadline, splitPem,
+  bootstrapCsrName, buildCsr, certificateProblem, CLIENT_SIGNER, CLIENT_USAGES, generateKey, nodeSubject, splitPem,
 } from './csr.ts';
+import { RenewalSchedule } from './renewal.ts';
 import { requestCertificate } from './request.ts';
 
 export const CLIENT_CERT_FILE = 'vmlet-client-current.pem';
@@ -142,12 +143,10 @@ export interface RotatorOptions {
  * Renews the client certificate in certFile before it expires, with the node's current credentials
  * (the selfnodeclient auto-approval covers it), and hands the new one to the running client.
  */
-export class ClientCertRotator {
-  private timer?: NodeJS.Timeout;
-  private readonly stopper = new AbortController();
-  private failures = 0;
-
-  constructor(private readonly o: RotatorOptions) {}
+export class ClientCertRotator extends RenewalSchedule {
+  constructor(private readonly o: RotatorOptions) {
+    super({ log: o.log, what: 'client certificate', ...(o.random ? { random: o.random } : {}) });
+  }
 
   /** Whether a kubeconfig's credentials are the certificate this rotator manages. */
   static manages(access: ClusterAccess, certDir: string): boolean {
@@ -161,50 +160,22 @@ export class ClientCertRotator {
     this.schedule(cert);
   }
 
-  stop(): void {
-    clearTimeout(this.timer);
-    this.stopper.abort();
-  }
-
-  private schedule(certPem: string): void {
-    const x = new X509Certificate(certPem);
-    const deadline = rotationDeadline(new Date(x.validFrom), new Date(x.validTo), (this.o.random ?? Math.random)());
-    this.o.log.info({ notAfter: x.validTo, rotateAt: deadline.toISOString() }, 'client certificate rotation scheduled');
-    this.at(deadline.getTime());
-  }
-
-  private at(when: number): void {
-    clearTimeout(this.timer);
-    // setTimeout holds at most ~24.8 days; a later deadline is reached in steps.
-    const delay = Math.max(0, Math.min(when - Date.now(), 2 ** 31 - 1));
-    this.timer = setTimeout(() => (Date.now() >= when ? void this.rotate() : this.at(when)), delay);
-    this.timer.unref();
-  }
-
-  private async rotate(): Promise<void> {
+  protected async renew(): Promise<string> {
     const { log } = this.o;
     const key = generateKey();
-    try {
-      const cert = await requestCertificate(this.o.http, {
-        generateName: 'csr-',
-        request: buildCsr({ privateKey: key, subject: nodeSubject(this.o.nodeName) }),
-        signerName: CLIENT_SIGNER,
-        usages: CLIENT_USAGES,
-      }, {
-        signal: this.stopper.signal,
-        pending: (name) => log.info({ csr: name }, `rotating the client certificate: waiting for CSR ${name} to be approved (kubectl certificate approve ${name})`),
-      });
-      const keyPem = key.export({ type: 'pkcs8', format: 'pem' }).toString();
-      await writeClientCertificate(this.o.certDir, cert, keyPem);
-      this.o.http.setClientCertificate(Buffer.from(cert), Buffer.from(keyPem));
-      this.failures = 0;
-      log.info({ notAfter: new X509Certificate(cert).validTo }, 'client certificate rotated');
-      this.schedule(cert);
-    } catch (err) {
-      if (this.stopper.signal.aborted) return;
-      const retryMs = Math.min(30_000 * 2 ** this.failures++, 3600_000);
-      log.warn({ err: (err as Error).message, retryInSeconds: retryMs / 1000 }, 'client certificate rotation failed; trying again');
-      this.at(Date.now() + retryMs);
-    }
+    const cert = await requestCertificate(this.o.http, {
+      generateName: 'csr-',
+      request: buildCsr({ privateKey: key, subject: nodeSubject(this.o.nodeName) }),
+      signerName: CLIENT_SIGNER,
+      usages: CLIENT_USAGES,
+    }, {
+      signal: this.stopper.signal,
+      pending: (name) => log.info({ csr: name }, `rotating the client certificate: waiting for CSR ${name} to be approved (kubectl certificate approve ${name})`),
+    });
+    const keyPem = key.export({ type: 'pkcs8', format: 'pem' }).toString();
+    await writeClientCertificate(this.o.certDir, cert, keyPem);
+    this.o.http.setClientCertificate(Buffer.from(cert), Buffer.from(keyPem));
+    log.info({ notAfter: new X509Certificate(cert).validTo }, 'client certificate rotated');
+    return cert;
   }
 }

@@ -11,7 +11,8 @@ import path from 'node:path';
 import { readFileIfExists, writeFileAtomic } from '../../host/files.ts';
 import type { Logger } from '../../observability/log.ts';
 import type { KubeHttp } from '../http.ts';
-import { buildCsr, certificateProblem, generateKey, nodeSubject, rotationDeadline, SERVING_SIGNER, SERVING_USAGES, splitPem } from './csr.ts';
+import { buildCsr, certificateProblem, generateKey, nodeSubject, SERVING_SIGNER, SERVING_USAGES, splitPem } from './csr.ts';
+import { RenewalSchedule } from './renewal.ts';
 import { requestCertificate } from './request.ts';
 
 export const SERVING_CERT_FILE = 'vmlet-server-current.pem';
@@ -51,13 +52,11 @@ export interface ServingCertManagerOptions {
   random?: () => number;
 }
 
-export class ServingCertManager {
-  private timer?: NodeJS.Timeout;
-  private readonly stopper = new AbortController();
-  private failures = 0;
+export class ServingCertManager extends RenewalSchedule {
   readonly file: string;
 
   constructor(private readonly o: ServingCertManagerOptions) {
+    super({ log: o.log, what: 'kubelet serving certificate', ...(o.random ? { random: o.random } : {}) });
     this.file = path.join(o.certDir, SERVING_CERT_FILE);
   }
 
@@ -72,51 +71,24 @@ export class ServingCertManager {
     }
   }
 
-  stop(): void {
-    clearTimeout(this.timer);
-    this.stopper.abort();
-  }
-
-  private schedule(certPem: string): void {
-    const x = new X509Certificate(certPem);
-    const deadline = rotationDeadline(new Date(x.validFrom), new Date(x.validTo), (this.o.random ?? Math.random)());
-    this.o.log.info({ notAfter: x.validTo, rotateAt: deadline.toISOString() }, 'kubelet serving certificate rotation scheduled');
-    this.at(deadline.getTime());
-  }
-
-  private at(when: number): void {
-    clearTimeout(this.timer);
-    const delay = Math.max(0, Math.min(when - Date.now(), 2 ** 31 - 1));
-    this.timer = setTimeout(() => (Date.now() >= when ? void this.request() : this.at(when)), delay);
-    this.timer.unref();
-  }
-
-  private async request(): Promise<void> {
+  protected async renew(): Promise<string> {
     const { log } = this.o;
     const key = generateKey();
-    try {
-      const cert = await requestCertificate(this.o.http, {
-        generateName: 'csr-',
-        request: buildCsr({ privateKey: key, subject: nodeSubject(this.o.nodeName), hosts: this.o.hosts }),
-        signerName: SERVING_SIGNER,
-        usages: SERVING_USAGES,
-      }, {
-        signal: this.stopper.signal,
-        pending: (name) => log.info({ csr: name, signerName: SERVING_SIGNER, hosts: this.o.hosts },
-          `waiting for kubelet serving CSR ${name} to be approved; nothing in Kubernetes approves these by itself: kubectl certificate approve ${name}`),
-        approved: (name) => log.info({ csr: name }, `CSR ${name} approved; waiting for the signer to issue the certificate`),
-      });
-      await mkdir(this.o.certDir, { recursive: true, mode: 0o700 });
-      await writeFileAtomic(this.file, `${cert.trimEnd()}\n${key.export({ type: 'pkcs8', format: 'pem' }).toString().trimEnd()}\n`, 0o600);
-      this.failures = 0;
-      log.info({ file: this.file, notAfter: new X509Certificate(cert).validTo }, 'kubelet serving certificate issued');
-      await this.o.issued();
-      this.schedule(cert);
-    } catch (err) {
-      if (this.stopper.signal.aborted) return;
-      const retryMs = Math.min(30_000 * 2 ** this.failures++, 3600_000);
-      log.warn({ err: (err as Error).message, retryInSeconds: retryMs / 1000 }, 'kubelet serving certificate request failed; trying again');
-      this.at(Date.now() + retryMs);
-    }
+    const cert = await requestCertificate(this.o.http, {
+      generateName: 'csr-',
+      request: buildCsr({ privateKey: key, subject: nodeSubject(this.o.nodeName), hosts: this.o.hosts }),
+      signerName: SERVING_SIGNER,
+      usages: SERVING_USAGES,
+    }, {
+      signal: this.stopper.signal,
+      pending: (name) => log.info({ csr: name, signerName: SERVING_SIGNER, hosts: this.o.hosts },
+        `waiting for kubelet serving CSR ${name} to be approved; nothing in Kubernetes approves these by itself: kubectl certificate approve ${name}`),
+      approved: (name) => log.info({ csr: name }, `CSR ${name} approved; waiting for the signer to issue the certificate`),
+    });
+    await mkdir(this.o.certDir, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(this.file, `${cert.trimEnd()}\n${key.export({ type: 'pkcs8', format: 'pem' }).toString().trimEnd()}\n`, 0o600);
+    log.info({ file: this.file, notAfter: new X509Certificate(cert).validTo }, 'kubelet serving certificate issued');
+    await this.o.issued();
+    return cert;
   }
 }
