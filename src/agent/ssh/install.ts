@@ -183,11 +183,14 @@ export async function uploadFile(conn: SshConnection, local: string, remote: str
   }
   const want = createHash('sha256').update(await readFile(local)).digest('hex');
   const check = await conn.runScript(
-    `f=${q(tmp)}; h=$( (sha256sum "$f" 2>/dev/null || shasum -a 256 "$f") | cut -d' ' -f1) && ` +
-    `[ "$h" = ${want} ] && chmod ${mode.toString(8)} "$f" && mv -f "$f" ${q(remote)} || { echo "sha256 $h" >&2; rm -f "$f"; exit 1; }`,
+    // sha256sum's own error stays on stderr: an empty hash alone does not say why (missing file, no tool).
+    `f=${q(tmp)}; if command -v sha256sum >/dev/null 2>&1; then h=$(sha256sum "$f" | cut -d' ' -f1); ` +
+    `else h=$(shasum -a 256 "$f" | cut -d' ' -f1); fi; ` +
+    `[ "$h" = ${want} ] && chmod ${mode.toString(8)} "$f" && mv -f "$f" ${q(remote)} || ` +
+    `{ echo "got sha256 \${h:-none} for $(ls -ln "$f" 2>&1 | tr '\\n' ' ')" >&2; rm -f "$f"; exit 1; }`,
   );
   if (check.exitCode !== 0) {
-    throw new Error(`${where(conn)}: the uploaded ${remote} does not match ${local} (want sha256 ${want}; ${oneLine(check.stderr) || 'no sha256sum or shasum?'})`);
+    throw new Error(`${where(conn)}: the uploaded ${remote} does not match ${local} (want sha256 ${want}; ${check.stderr.toString().trim().split('\n').join(' / ') || 'no sha256sum or shasum?'})`);
   }
   return method;
 }
