@@ -1,26 +1,28 @@
 // The chunk-writer thread (started by chunk-writer.ts): decodes one Apple LZ4 disk chunk at a time,
-// hashes what it decodes, and writes it straight into the disk file at the chunk's offset, skipping runs
-// of zeros. Decoded bytes never cross back to the main thread, which only downloads and feeds.
-import { closeSync, openSync, writeSync } from 'node:fs';
+// hashes what it decodes, and writes it straight into the disk file at the chunk's offset: RunWriter
+// gathers it into runs of up to 1 MiB without the zero windows, DiskSink writes them (O_DIRECT on Linux).
+// Decoded bytes never cross back to the main thread, which only downloads and feeds.
 import { parentPort } from 'node:worker_threads';
 import { DigestTracker } from '../lz4/digest.ts';
 import { AppleLz4Parser } from '../lz4/parser.ts';
 import { toWire } from '../lz4/protocol.ts';
 import type { ChunkFromWorker, ChunkToWorker } from './chunk-writer-protocol.ts';
-import { ZERO_RUN } from './sparse-file.ts';
+import { DiskSink } from './direct-sink.ts';
+import { RunWriter } from './run-writer.ts';
 
 const port = parentPort;
 if (!port) throw new Error('chunk-writer-entry.ts must run in a worker thread');
-const ZEROS = Buffer.alloc(ZERO_RUN);
+/** Largest single write: 16 windows of 64 KiB. */
+const STAGE_BYTES = 1024 * 1024;
+/** One per thread, reused by every chunk; the stage is carved out of it (see DiskSink.open). */
+const arena = Buffer.allocUnsafeSlow(STAGE_BYTES + 4096);
 
 interface Job {
   id: number;
-  fd: number;
-  position: number;
-  sparse: boolean;
+  sink: DiskSink;
+  runs: RunWriter;
   parser: AppleLz4Parser;
   tracker: DigestTracker;
-  written: number;
 }
 
 let job: Job | undefined;
@@ -29,27 +31,8 @@ function send(msg: ChunkFromWorker): void {
   port!.postMessage(msg);
 }
 
-function write(j: Job, data: Buffer): void {
-  if (!j.sparse) {
-    writeAll(j.fd, data, j.position);
-    j.written += data.length;
-  } else {
-    for (let at = 0; at < data.length; at += ZERO_RUN) {
-      const end = Math.min(at + ZERO_RUN, data.length);
-      if (data.compare(ZEROS, 0, end - at, at, end) === 0) continue;
-      writeAll(j.fd, data.subarray(at, end), j.position + at);
-      j.written += end - at;
-    }
-  }
-  j.position += data.length;
-}
-
-function writeAll(fd: number, data: Buffer, position: number): void {
-  for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done, position + done);
-}
-
 function fail(id: number, err: unknown): void {
-  if (job && job.id === id) closeSync(job.fd);
+  if (job && job.id === id) job.sink.close();
   job = undefined;
   send({ type: 'error', id, error: toWire(err) });
 }
@@ -57,25 +40,26 @@ function fail(id: number, err: unknown): void {
 port.on('message', (msg: ChunkToWorker) => {
   try {
     switch (msg.type) {
-      case 'start':
+      case 'start': {
+        if (job) job.sink.close(); // a job abandoned by the main thread
+        const sink = DiskSink.open(msg.file, arena, STAGE_BYTES);
         job = {
           id: msg.id,
-          fd: openSync(msg.file, 'r+'),
-          position: msg.offset,
-          sparse: msg.sparse,
+          sink,
+          runs: new RunWriter(sink, sink.stage, msg.offset, msg.sparse),
           parser: new AppleLz4Parser(),
           tracker: new DigestTracker(msg.expect),
-          written: 0,
         };
         return;
+      }
       case 'data': {
         if (!job || job.id !== msg.id) return;
-        const before = job.position;
+        const before = job.runs.pushed;
         for (const block of job.parser.blocks(new Uint8Array(msg.chunk))) {
           job.tracker.update(block);
-          write(job, block);
+          job.runs.push(block);
         }
-        send({ type: 'consumed', id: msg.id, bytes: msg.chunk.byteLength, decoded: job.position - before });
+        send({ type: 'consumed', id: msg.id, bytes: msg.chunk.byteLength, decoded: job.runs.pushed - before });
         return;
       }
       case 'end': {
@@ -83,11 +67,12 @@ port.on('message', (msg: ChunkToWorker) => {
         const j = job;
         j.parser.end();
         const result = j.tracker.finish();
+        j.runs.end();
         // No fsync per chunk (it doubled pull time): the pull syncs the disk file once before publishing,
         // and a pull resumed after a reboot re-verifies the chunks it had recorded as done.
-        closeSync(j.fd);
+        j.sink.close();
         job = undefined;
-        send({ type: 'done', id: msg.id, digest: result.digest, size: result.size, written: j.written });
+        send({ type: 'done', id: msg.id, digest: result.digest, size: result.size, written: j.runs.written });
         return;
       }
     }

@@ -1,0 +1,119 @@
+// RunWriter (the gathering of decoded bytes into runs without zero windows) against a recording sink, and
+// DiskSink (O_DIRECT where it can, buffered otherwise) against a real file.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { DiskSink } from '../../../src/images/store/direct-sink.ts';
+import { RunWriter, type RunSink } from '../../../src/images/store/run-writer.ts';
+import { ZERO_RUN } from '../../../src/images/store/sparse-file.ts';
+
+const W = ZERO_RUN;
+
+class Recorder implements RunSink {
+  writes: Array<{ position: number; data: Buffer }> = [];
+  write(data: Buffer, position: number): void {
+    this.writes.push({ position, data: Buffer.from(data) }); // the stage is reused: keep a copy
+  }
+  /** The image the writes make over a zero-filled file of `size` bytes starting at `base`. */
+  image(base: number, size: number): Buffer {
+    const out = Buffer.alloc(size);
+    for (const w of this.writes) w.data.copy(out, w.position - base);
+    return out;
+  }
+}
+
+/** Windows of data: 'z' all zeros, 'd' random, 'e' zeros but for the last byte. */
+function disk(pattern: string, tail = 0): Buffer {
+  const parts = [...pattern].map((c) => {
+    if (c === 'z') return Buffer.alloc(W);
+    if (c === 'e') return Buffer.concat([Buffer.alloc(W - 1), Buffer.from([7])]);
+    return randomBytes(W);
+  });
+  return Buffer.concat([...parts, tail > 0 ? randomBytes(tail) : Buffer.alloc(0)]);
+}
+
+/** Feeds `data` in pieces of the given sizes, cycled. */
+function feed(writer: RunWriter, data: Buffer, sizes: number[]): void {
+  for (let at = 0, i = 0; at < data.length; i++) {
+    const n = Math.min(sizes[i % sizes.length]!, data.length - at);
+    writer.push(data.subarray(at, at + n));
+    at += n;
+  }
+  writer.end();
+}
+
+test('runs of non-zero windows become one write each, zero windows are holes, whatever the input pieces', () => {
+  const data = disk('ddzdddezzdddddddddddddddddzd', 1000);
+  const base = 32 * 1024 * 1024;
+  for (const sizes of [[W], [4 * W], [1], [777, 65_536, 100_000], [data.length]]) {
+    const rec = new Recorder();
+    const writer = new RunWriter(rec, Buffer.alloc(4 * W), base, true);
+    feed(writer, data, sizes);
+    assert.deepEqual(rec.image(base, data.length), data, `pieces ${sizes.join(',')}: the bytes on disk`);
+    assert.equal(writer.pushed, data.length);
+    assert.equal(writer.written, rec.writes.reduce((n, w) => n + w.data.length, 0));
+    // 4 zero windows skipped; everything else written, in runs no longer than the stage.
+    assert.equal(writer.written, data.length - 4 * W, `pieces ${sizes.join(',')}: bytes written`);
+    for (const w of rec.writes) {
+      assert.ok(w.data.length <= 4 * W, 'a write is at most the stage');
+      assert.equal((w.position - base) % W, 0, 'writes start on a window');
+      for (let at = 0; at + W <= w.data.length; at += W) {
+        assert.ok(w.data.subarray(at, at + W).some((b) => b !== 0), 'no zero window is written');
+      }
+    }
+    // dd | z | ddde | zz | 17 × d (4 + 4 + 4 + 4 + 1) | z | d+tail
+    assert.deepEqual(rec.writes.map((w) => (w.position - base) / W), [0, 3, 9, 13, 17, 21, 25, 27]);
+  }
+});
+
+test('without sparse every byte is written, zeros included, in whole-stage runs', () => {
+  const data = disk('zzzzdzzzzz', 10);
+  const rec = new Recorder();
+  const writer = new RunWriter(rec, Buffer.alloc(4 * W), 0, false);
+  feed(writer, data, [5000]);
+  assert.equal(writer.written, data.length);
+  assert.deepEqual(rec.writes.map((w) => [w.position, w.data.length]), [[0, 4 * W], [4 * W, 4 * W], [8 * W, 2 * W + 10]]);
+  assert.deepEqual(rec.image(0, data.length), data);
+});
+
+test('a last, partial window of zeros is not written; a stage that is not whole windows is refused', () => {
+  const rec = new Recorder();
+  const writer = new RunWriter(rec, Buffer.alloc(2 * W), 0, true);
+  feed(writer, Buffer.concat([disk('d'), Buffer.alloc(300)]), [W + 300]);
+  assert.deepEqual(rec.writes.map((w) => [w.position, w.data.length]), [[0, W]]);
+  assert.throws(() => new RunWriter(rec, Buffer.alloc(W + 1), 0, true), /whole number of 65536-byte windows/);
+});
+
+test('the disk sink writes runs at any position and length, direct or buffered, and they read back', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlet-sink-'));
+  try {
+    for (const direct of [true, false]) {
+      const file = path.join(dir, `disk-${direct}`);
+      await writeFile(file, '');
+      await truncate(file, 64 * W);
+      const arena = Buffer.allocUnsafeSlow(8 * W + 4096);
+      const sink = DiskSink.open(file, arena, 8 * W, { direct });
+      if (!direct) assert.equal(sink.isDirect, false);
+      const want = Buffer.alloc(64 * W);
+      const put = (position: number, length: number): void => {
+        const data = randomBytes(length);
+        data.copy(sink.stage);
+        sink.write(sink.stage.subarray(0, length), position);
+        data.copy(want, position);
+      };
+      put(0, 8 * W); // aligned, whole
+      put(16 * W, 3 * W + 123); // aligned start, unaligned tail
+      put(24 * W + 512, 2 * W); // unaligned position
+      put(40 * W, 100); // shorter than a block
+      sink.close();
+      assert.deepEqual(await readFile(file), want, `direct=${direct}: the file holds what was written`);
+      const { blocks } = await stat(file);
+      assert.ok(blocks * 512 < 20 * W, `direct=${direct}: the file stays sparse (${blocks * 512} bytes allocated)`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
