@@ -103,6 +103,8 @@ interface PodRecord {
   killedFor?: string;
   /** Hybrid pods: the sidecar containers on the container engine. */
   sidecars?: SidecarSet;
+  /** The VM container's image (as the spec names it) that the current VM was booted from. */
+  vmImage?: string;
   /** When config volumes were last refreshed, and the refresh under way. */
   volumesAt?: number;
   refreshing?: Promise<void>;
@@ -124,6 +126,8 @@ interface PodMeta {
   name: string;
   container: string;
   imageDigest: string;
+  /** The image as the pod's spec named it (absent in pod.json of vmlet before it was kept). */
+  image?: string;
   startedAt: string;
   restartCount: number;
   /** Init containers have all completed in this VM (a VM adopted before that is booted again). */
@@ -182,6 +186,16 @@ export class PodRuntime implements KubeletProvider {
     // A sidecar whose image changed in the spec is restarted with it.
     rec.sidecars?.update(pod);
     if (rec.removing || rec.state.phase === 'Failed' || rec.state.phase === 'Succeeded') return;
+    // So is the VM container: a new VM from the new image (the old one stopped as on deletion).
+    if (rec.instance && !rec.busy && rec.vmImage !== undefined && vmContainer(pod).image !== rec.vmImage) {
+      const instance = rec.instance;
+      rec.busy = this.replaceVm(rec, instance).finally(() => {
+        rec.busy = undefined;
+        this.o.changed(uid);
+      });
+      await rec.busy;
+      return;
+    }
     this.armDeadline(rec);
     if (rec.instance && !rec.busy) this.refreshVolumes(rec, rec.instance);
     if (rec.instance || rec.busy) return;
@@ -264,9 +278,10 @@ export class PodRuntime implements KubeletProvider {
         return;
       }
       rec.instance = instance;
+      rec.vmImage = container.image;
       const meta: PodMeta = {
         uid, namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, container: container.name,
-        imageDigest: image.digest, startedAt: new Date().toISOString(), restartCount: rec.state.container.restartCount,
+        imageDigest: image.digest, ...(container.image ? { image: container.image } : {}), startedAt: new Date().toISOString(), restartCount: rec.state.container.restartCount,
         initialized: (pod.spec!.initContainers ?? []).length === 0,
       };
       await this.saveMeta(instance, meta);
@@ -289,7 +304,7 @@ export class PodRuntime implements KubeletProvider {
       if (meta.initialized === false) await this.saveMeta(instance, { ...meta, initialized: true });
       const argv = [...(container.command ?? []), ...(container.args ?? [])];
       const now = new Date();
-      rec.state = { ...rec.state, phase: 'Running', waiting: undefined, initialized: true, container: { ...rec.state.container, imageID, containerID: `vmlet://${uid}`, state: { kind: 'running', startedAt: now } } };
+      rec.state = { ...rec.state, phase: 'Running', waiting: undefined, initialized: true, container: { ...rec.state.container, image: container.image ?? '', imageID, containerID: `vmlet://${uid}`, state: { kind: 'running', startedAt: now } } };
       if (argv.length > 0 && (await this.startMain(rec, instance)) === 'failed') return;
       rec.state = { ...rec.state, startTime: rec.state.startTime ?? now };
       o.event(pod, 'Normal', 'Started', argv.length > 0 ? `Started container ${container.name} in the VM: ${argv.join(' ').slice(0, 200)}` : `Started VM ${uid} (no command: the VM is the container)`);
@@ -776,6 +791,41 @@ export class PodRuntime implements KubeletProvider {
     await this.stopContainer(rec, instance, Date.now() + Math.max(grace, 1) * 1000);
   }
 
+  /**
+   * The VM container's image changed in the spec (`kubectl set image`): as the kubelet restarts a container
+   * whose definition changed, its VM is stopped (preStop, then the guest asked to shut down within the
+   * grace period) and the pod goes back to the head of the slot queue to boot a new VM from the new image.
+   * Sidecars keep running; init containers run again in the new VM, as after a VM crash. No back-off.
+   */
+  private async replaceVm(rec: PodRecord, instance: VmInstance): Promise<void> {
+    const pod = rec.pod;
+    const uid = pod.metadata!.uid!;
+    const c = vmContainer(pod);
+    this.o.event(pod, 'Normal', 'Killing', `Container ${c.name} definition changed (image ${rec.vmImage} -> ${c.image}), will be restarted`);
+    rec.prober?.stop();
+    rec.prober = undefined;
+    const grace = Math.max(pod.spec?.terminationGracePeriodSeconds ?? 30, 1);
+    const deadline = Date.now() + grace * 1000;
+    await this.runPreStop(rec, instance, deadline);
+    const running = rec.state.container.state;
+    const message = `the VM was stopped: the container's image changed to ${c.image}`;
+    // Not running any more before the VM stops: its main process's exit is not a crash to restart.
+    rec.instance = undefined;
+    rec.vmImage = undefined;
+    rec.state = {
+      ...rec.state, vmReady: false,
+      container: {
+        ...rec.state.container, ready: false, started: false, restartCount: rec.state.container.restartCount + 1,
+        ...(running.kind === 'running' ? { lastTermination: { exitCode: 137, reason: 'Error', message, startedAt: running.startedAt, finishedAt: new Date() } } : {}),
+        state: { kind: 'waiting', reason: 'ContainerCreating', message: `booting a new VM from ${c.image}` },
+      },
+    };
+    this.o.changed(uid);
+    await instance.stop(Math.max(deadline - Date.now(), 5000)).catch((err: Error) => this.o.log.warn({ uid, err: err.message }, 'stopping a VM failed'));
+    rec.notBefore = undefined;
+    if (!this.queue.includes(uid)) this.queue.unshift(uid);
+  }
+
   /** preStop, then SIGTERM to the main process and SIGKILL at `deadline`: the kubelet's container stop. */
   private async stopContainer(rec: PodRecord, instance: VmInstance, deadline: number): Promise<void> {
     const c = vmContainer(rec.pod);
@@ -971,6 +1021,9 @@ export class PodRuntime implements KubeletProvider {
           },
         },
       };
+      // pod.json of an older vmlet lacks the image: taken as the spec's (a change made while vmlet was down
+      // then goes unnoticed until the next one).
+      rec.vmImage = meta.image ?? container.image;
       this.pods.set(uid, rec);
       this.watch(rec, instance);
       if (engineContainers(pod).length > 0) {

@@ -134,8 +134,34 @@ test('kill -9 of vmlet with two running pods: the new vmlet adopts both VMs (sam
     assert.equal(main(now)?.restartCount, 0);
     assert.equal(await env.kubectl('exec', name, '--', 'sh', '-c', 'echo $WHO'), `${name.slice(-1)}\n`);
   }
-  await Promise.all([env.delete('keep-a'), env.delete('keep-b')]);
-  await waitFor('their VMs stopped', async () => ((await env.qemuPids(a.metadata!.uid)).length + (await env.qemuPids(b.metadata!.uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
+  // keep-a stays for the next test.
+  await env.delete('keep-b');
+  await waitFor('its VM stopped', async () => ((await env.qemuPids(b.metadata!.uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
+});
+
+test('a new image for the VM container (kubectl set image) stops its VM and boots a new one from that image; the pod is Ready again with one restart', async () => {
+  // keep-a's VM was booted by the vmlet before the kill -9 above: the image it runs comes from pod.json.
+  const before = await env.pod('keep-a');
+  const uid = before.metadata!.uid!;
+  const [pid] = await env.qemuPids(uid);
+  assert.ok(pid);
+  const bootId = async () => (await env.kubectl('exec', 'keep-a', '--', 'cat', '/proc/sys/kernel/random/boot_id')).trim();
+  const bootBefore = await bootId();
+  // The same image named by its digest: another image reference, which is what the kubelet compares.
+  const digest = /@(sha256:[a-f0-9]{64})$/.exec(main(before)!.imageID!)![1]!;
+  const byDigest = `${env.image.replace(/:[^:/]+$/, '')}@${digest}`;
+  await env.kubectl('set', 'image', 'pod/keep-a', `vm=${byDigest}`);
+  const after = await env.waitForPod('keep-a', 'Ready on the new image', (p) => isReady(p) && main(p)?.image === byDigest && main(p)?.restartCount === 1 && p);
+  assert.equal(main(after)?.imageID, `${byDigest}@${digest}`);
+  assert.match(main(after)?.lastState?.terminated?.message ?? '', /image changed to .*@sha256:/);
+  assert.notEqual(await bootId(), bootBefore, 'a new boot');
+  const pids = await env.qemuPids(uid);
+  assert.equal(pids.length, 1, 'one VM: the old one stopped');
+  assert.notEqual(pids[0], pid, 'a new QEMU process');
+  assert.equal(await env.kubectl('exec', 'keep-a', '--', 'sh', '-c', 'echo $WHO'), 'a\n', 'the container env in the new VM');
+  assert.ok((await reasons('keep-a')).some((e) => /^Normal\/Killing: Container vm definition changed .* will be restarted$/.test(e)), (await reasons('keep-a')).join('\n'));
+  await env.delete('keep-a');
+  await waitFor('its VM stopped', async () => ((await env.qemuPids(uid)).length === 0 ? true : undefined), { timeoutMs: 60_000 });
 });
 
 test('an emptyDir that outgrows its sizeLimit gets the pod evicted, in the kubelet\'s words, and its VM stopped', async () => {

@@ -114,10 +114,17 @@ export class VmPods {
 
   /** Polls the pod until `check` returns something (or true). */
   async waitForPod<T>(name: string, what: string, check: (p: V1Pod) => T | undefined | false, timeoutMs = 240_000): Promise<T> {
+    let last: V1Pod | undefined;
     return waitFor(`pod ${name}: ${what}`, async () => {
-      const v = check(await this.pod(name));
+      last = await this.pod(name);
+      const v = check(last);
       return v === false ? undefined : v;
-    }, { timeoutMs, intervalMs: 1000 });
+    }, { timeoutMs, intervalMs: 1000 }).catch((err: Error) => {
+      // What the pod looked like last says why it did not get there.
+      const s = last?.status;
+      err.message += `\nlast seen: phase ${s?.phase}, reason ${s?.reason ?? '-'}, containers ${JSON.stringify(s?.containerStatuses?.map((c) => ({ name: c.name, image: c.image, ready: c.ready, restartCount: c.restartCount, state: c.state, lastState: c.lastState })))}`;
+      throw err;
+    });
   }
 
   async waitReady(name: string, timeoutMs = 240_000): Promise<V1Pod> {
