@@ -148,7 +148,7 @@ test('a new image for the VM container (kubectl set image) stops its VM and boot
   const bootId = async () => (await env.kubectl('exec', 'keep-a', '--', 'cat', '/proc/sys/kernel/random/boot_id')).trim();
   const bootBefore = await bootId();
   // The same image named by its digest: another image reference, which is what the kubelet compares.
-  const digest = /@(sha256:[a-f0-9]{64})$/.exec(main(before)!.imageID!)![1]!;
+  const digest = /@(sha256:[a-f0-9]{64})$/.exec(main(before)!.imageID)![1]!;
   const byDigest = `${env.image.replace(/:[^:/]+$/, '')}@${digest}`;
   await env.kubectl('set', 'image', 'pod/keep-a', `vm=${byDigest}`);
   const after = await env.waitForPod('keep-a', 'Ready on the new image', (p) => isReady(p) && main(p)?.image === byDigest && main(p)?.restartCount === 1 && p);

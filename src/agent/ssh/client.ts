@@ -274,9 +274,10 @@ export class SshConnection {
       return await this.execOnce(line, opts);
     } catch (err) {
       // A server may refuse a session channel for a moment (OpenSSH's MaxSessions while earlier channels
-      // close; dropbear refused one once here on a loaded machine, right after an SFTP session): once
-      // more, shortly after, before the refusal is the answer.
-      if (!(err instanceof SshError) || err.reason !== 'other' || this.closedFlag) throw err;
+      // close): once more, shortly after, before the refusal is the answer. Only a refused channel: an
+      // exec request answered with a failure may still have run the command (dropbear did, for an exec
+      // opened while an SFTP channel closed), and a script must not run twice.
+      if (!(err instanceof SshError) || err.reason !== 'other' || this.closedFlag || !/Channel open failure/.test(err.message)) throw err;
       await new Promise((r) => setTimeout(r, 250));
       return this.execOnce(line, opts);
     }

@@ -16,6 +16,7 @@ import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { SIGN_COMMAND, seaTargetOfUname, targetName, type SeaTarget } from '../sea.ts';
+import type { SFTPWrapper } from 'ssh2';
 import type { SshConnection } from './client.ts';
 import { shellQuote } from './quote.ts';
 
@@ -169,7 +170,7 @@ export async function uploadFile(conn: SshConnection, local: string, remote: str
     await new Promise<void>((resolve, reject) => sftp.fastPut(local, tmp, { mode }, (err) => (err ? reject(err) : resolve()))).catch((err: Error) => {
       throw new Error(`${where(conn)}: SFTP upload to ${tmp} failed: ${err.message}`);
     });
-    sftp.end();
+    await closeSftp(sftp);
     method = 'sftp';
   } else {
     const p = await conn.execScript(`umask 077 && cat > ${q(tmp)}`, { stdin: true });
@@ -194,6 +195,24 @@ export async function uploadFile(conn: SshConnection, local: string, remote: str
   }
   return method;
 }
+
+/**
+ * Ends an SFTP session and waits until the server has closed its channel. The next exec must not open
+ * while it closes: dropbear then answered that exec with a channel failure although it ran the command
+ * (seen here under load), and the client's one retry of a refused exec ran the command twice.
+ */
+function closeSftp(sftp: SFTPWrapper): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, SFTP_CLOSE_WAIT_MS); // a server that never closes it: go on
+    sftp.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    sftp.end();
+  });
+}
+
+const SFTP_CLOSE_WAIT_MS = 5000;
 
 /** The shell script that starts the agent on Linux without systemd, in a session of its own. */
 export function linuxStartScript(p: AgentCommand & { logFile: string; pidFile: string }): string {
