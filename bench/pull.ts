@@ -30,6 +30,8 @@ import { VMLET_BIN } from '../test/harness/vmlet.ts';
 const run = promisify(execFile);
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
+/** sysconf(_SC_CLK_TCK): 100 on Linux everywhere this runs. */
+const CLOCK_TICKS = 100;
 const DISK = Math.round(Number(process.env.BENCH_DISK_GIB ?? 4) * GiB);
 const root = path.join(import.meta.dirname, '..');
 
@@ -68,13 +70,17 @@ async function writeDisk(file: string): Promise<number> {
   return nonZero;
 }
 
-/** Runs a command, returning wall time and the peak RSS it reached (polled from /proc). */
-async function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ seconds: number; peakRss: number; stdout: string }> {
+/**
+ * Runs a command, returning wall time, the peak RSS it reached and its CPU time, user and system (both
+ * polled from /proc every 100 ms, so the CPU time misses at most the last 100 ms).
+ */
+async function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ seconds: number; peakRss: number; cpu: { user: number; system: number }; stdout: string }> {
   const started = process.hrtime.bigint();
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   let stdout = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   let peakRss = 0;
+  const cpu = { user: 0, system: 0 };
   const poll = setInterval(() => {
     void readFile(`/proc/${child.pid}/status`, 'utf8')
       .then((s) => {
@@ -82,11 +88,19 @@ async function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): 
         if (hwm > peakRss) peakRss = hwm;
       })
       .catch(() => undefined);
+    // utime and stime, fields 14 and 15 of /proc/PID/stat (after the parenthesised command), in ticks.
+    void readFile(`/proc/${child.pid}/stat`, 'utf8')
+      .then((s) => {
+        const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+        cpu.user = Number(f[11]) / CLOCK_TICKS;
+        cpu.system = Number(f[12]) / CLOCK_TICKS;
+      })
+      .catch(() => undefined);
   }, 100);
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
   clearInterval(poll);
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${code}\n${stdout}`);
-  return { seconds: Number(process.hrtime.bigint() - started) / 1e9, peakRss, stdout };
+  return { seconds: Number(process.hrtime.bigint() - started) / 1e9, peakRss, cpu, stdout };
 }
 
 async function vmlet(store: string, ...args: string[]) {
@@ -185,6 +199,8 @@ async function main(): Promise<void> {
     console.log('|---|---|---|---|---|');
     console.log(`| vmlet pull + verify + decompress + sparse write | ${f(pull.seconds)} | (a) curl x4 ${f(curl.seconds)}; (b) compute ${f(compute)} | ${(pull.seconds / bound).toFixed(2)}x max(a,b) | <= 1.3x |`);
     console.log(`| the same, against the disk's durable write speed too | ${f(pull.seconds)} | (d) dd conv=fsync of the non-zero data ${f(dd.seconds)} | ${(pull.seconds / boundWithDisk).toFixed(2)}x max(a,b,d) | - |`);
+    const cpuOf = (r: { seconds: number; cpu: { user: number; system: number } }) => `${f(r.cpu.user)} user + ${f(r.cpu.system)} system (${((r.cpu.user + r.cpu.system) / r.seconds).toFixed(2)} of ${os.availableParallelism()} cores busy)`;
+    console.log(`| CPU time of the pull | ${cpuOf(pull)} | through the page cache: ${cpuOf(buffered)} | - | - |`);
     console.log(`| the same pull through the page cache (VMLET_DIRECT_IO=0) | ${f(buffered.seconds)} | the pull with O_DIRECT ${f(pull.seconds)} | ${(buffered.seconds / pull.seconds).toFixed(2)}x | - |`);
     console.log(`| vmlet pull vs skopeo copy | ${f(pull.seconds)} | (c) skopeo ${f(skopeo.seconds)} | ${(pull.seconds / skopeo.seconds).toFixed(2)}x | < 1x |`);
     console.log(`| re-pull after 5% rewritten in 4 regions | ${(downloaded / MiB).toFixed(0)} MiB | full pull ${(compressed / MiB).toFixed(0)} MiB | ${((100 * downloaded) / compressed).toFixed(1)}% | <= 10% |`);

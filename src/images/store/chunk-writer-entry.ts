@@ -7,15 +7,15 @@ import { DigestTracker } from '../lz4/digest.ts';
 import { AppleLz4Parser } from '../lz4/parser.ts';
 import { toWire } from '../lz4/protocol.ts';
 import type { ChunkFromWorker, ChunkToWorker } from './chunk-writer-protocol.ts';
-import { DiskSink } from './direct-sink.ts';
+import { alignedArena, DiskSink } from './direct-sink.ts';
 import { RunWriter } from './run-writer.ts';
 
 const port = parentPort;
 if (!port) throw new Error('chunk-writer-entry.ts must run in a worker thread');
 /** Largest single write: 16 windows of 64 KiB. */
 const STAGE_BYTES = 1024 * 1024;
-/** One per thread, reused by every chunk; the stage is carved out of it (see DiskSink.open). */
-const arena = Buffer.allocUnsafeSlow(STAGE_BYTES + 4096);
+/** One per thread, reused by every chunk: the stage, page-aligned for O_DIRECT (see DiskSink). */
+const arena = alignedArena(STAGE_BYTES);
 
 interface Job {
   id: number;

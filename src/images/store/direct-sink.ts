@@ -4,21 +4,21 @@
 // 0.2-0.3 s with O_DIRECT (dd, BENCHMARKS.md run 6), and the pull is bound by that write. O_DIRECT also
 // puts the bytes on the device at once, so the one fsync before the image is published is cheap.
 //
-// O_DIRECT wants the memory, the file position and the length aligned to the filesystem's block. The
-// stage that RunWriter fills is carved out of a larger buffer at an offset that the kernel accepts,
-// found by probing (Node cannot align memory or tell an address); positions are multiples of 64 KiB from
-// a chunk's offset; a length's unaligned tail, a misaligned position, and every write on a filesystem or
-// OS without O_DIRECT (macOS, tmpfs) go through an ordinary descriptor. An EINVAL from a direct write
-// turns direct I/O off for the rest of the chunk and the write is redone buffered: never a lost write.
+// O_DIRECT wants the memory, the file position and the length aligned to the filesystem's block. Node
+// cannot align a Buffer or tell its address, but a WebAssembly.Memory is page-aligned (V8 reserves it in
+// whole pages), so the stage that RunWriter fills is carved from one (alignedArena). Positions are
+// multiples of 64 KiB from a chunk's offset; a length's unaligned tail, a misaligned position, and every
+// write on a filesystem or OS without O_DIRECT (macOS, tmpfs) go through an ordinary descriptor. An EINVAL
+// from a direct write turns direct I/O off for the rest of the chunk and the write is redone buffered:
+// never a lost write. (Probing the alignment with a direct read does not work: ext4 does not check the
+// memory of a read from a hole.)
 //
 // VMLET_DIRECT_IO=0 turns it off (for A/B benchmarks, or a filesystem that misbehaves with it).
-import { closeSync, constants, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, writeSync } from 'node:fs';
 import type { RunSink } from './run-writer.ts';
 
-/** Alignment asked of positions and lengths of direct writes, and the most the stage is shifted by. */
+/** Alignment asked of positions and lengths of direct writes (a page: enough for any block size). */
 const ALIGN = 4096;
-/** malloc returns memory aligned to at least this; the probe steps by it. */
-const MALLOC_ALIGN = 16;
 
 export interface DiskSinkOptions {
   /** Try O_DIRECT (default: unless VMLET_DIRECT_IO=0). */
@@ -33,29 +33,22 @@ export class DiskSink implements RunSink {
   }
 
   /**
-   * Opens `file` for writing and returns the sink with a stage of `stageBytes` taken from `arena` (which
-   * must be at least stageBytes + 4 KiB long), aligned for direct writes when they are possible.
+   * Opens `file` for writing and returns the sink, whose stage is the first `stageBytes` of `arena` (from
+   * alignedArena(), so that direct writes from it are allowed).
    */
   static open(file: string, arena: Buffer, stageBytes: number, options: DiskSinkOptions = {}): DiskSink {
-    if (arena.length < stageBytes + ALIGN) throw new RangeError(`direct-sink: the arena must be at least ${stageBytes + ALIGN} bytes`);
+    if (arena.length < stageBytes) throw new RangeError(`direct-sink: the arena must be at least ${stageBytes} bytes`);
     const fd = openSync(file, 'r+');
     let direct: number | undefined;
-    let offset = 0;
-    const wanted = options.direct ?? process.env.VMLET_DIRECT_IO !== '0';
-    if (wanted && typeof constants.O_DIRECT === 'number' && fstatSync(fd).size >= ALIGN) {
+    const wanted = (options.direct ?? process.env.VMLET_DIRECT_IO !== '0') && arenas.has(arena.buffer);
+    if (wanted && typeof constants.O_DIRECT === 'number') {
       try {
         direct = openSync(file, constants.O_RDWR | constants.O_DIRECT);
-        const found = probeAlignment(direct, arena);
-        if (found === undefined) {
-          closeSync(direct);
-          direct = undefined;
-        } else offset = found;
       } catch {
-        if (direct !== undefined) closeSync(direct);
         direct = undefined; // e.g. EINVAL from open on a filesystem without O_DIRECT
       }
     }
-    return new DiskSink(fd, direct, arena.subarray(offset, offset + stageBytes));
+    return new DiskSink(fd, direct, arena.subarray(0, stageBytes));
   }
 
   /** Whether writes still go around the page cache. */
@@ -92,21 +85,26 @@ export class DiskSink implements RunSink {
   }
 }
 
+/** Backing stores of the arenas made here: only those are known to be page-aligned. */
+const arenas = new WeakSet<ArrayBufferLike>();
+
 /**
- * The offset into `arena` at which a direct read of one block succeeds: there the memory is aligned as
- * the filesystem wants. Reads the file's first block (a hole reads as zeros), never writes.
+ * A buffer of at least `bytes` whose first byte is page-aligned: the memory of a WebAssembly.Memory,
+ * which V8 allocates in whole pages. Where WebAssembly is not available (node --jitless), a plain buffer
+ * that DiskSink writes from without O_DIRECT.
  */
-function probeAlignment(fd: number, arena: Buffer): number | undefined {
-  for (let offset = 0; offset < ALIGN; offset += MALLOC_ALIGN) {
-    try {
-      readSync(fd, arena, offset, ALIGN, 0);
-      return offset;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') return undefined;
-    }
+export function alignedArena(bytes: number): Buffer {
+  try {
+    const { WebAssembly: wasm } = globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } };
+    const memory = new wasm.Memory({ initial: Math.ceil(bytes / WASM_PAGE) });
+    arenas.add(memory.buffer);
+    return Buffer.from(memory.buffer);
+  } catch {
+    return Buffer.allocUnsafeSlow(bytes);
   }
-  return undefined;
 }
+
+const WASM_PAGE = 64 * 1024;
 
 function writeAll(fd: number, data: Buffer, position: number): void {
   for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done, position + done);
