@@ -14,8 +14,11 @@ const port = parentPort;
 if (!port) throw new Error('chunk-writer-entry.ts must run in a worker thread');
 /** Largest single write: 16 windows of 64 KiB. */
 const STAGE_BYTES = 1024 * 1024;
-/** One per thread, reused by every chunk: the stage, page-aligned for O_DIRECT (see DiskSink). */
-const arena = alignedArena(STAGE_BYTES);
+/** Stages per thread: one filling, the others being written meanwhile (a block over 1 MiB needs more). */
+const STAGES = 6;
+/** One arena per thread, reused by every chunk, cut into the stages: page-aligned for O_DIRECT (see DiskSink). */
+const arena = alignedArena(STAGES * STAGE_BYTES);
+const stages = Array.from({ length: STAGES }, (_, i) => arena.subarray(i * STAGE_BYTES, (i + 1) * STAGE_BYTES));
 
 interface Job {
   id: number;
@@ -31,22 +34,29 @@ function send(msg: ChunkFromWorker): void {
   port!.postMessage(msg);
 }
 
-function fail(id: number, err: unknown): void {
-  if (job && job.id === id) job.sink.close();
+async function fail(id: number, err: unknown): Promise<void> {
+  const j = job && job.id === id ? job : undefined;
   job = undefined;
+  await j?.sink.close(); // after its writes in flight
   send({ type: 'error', id, error: toWire(err) });
 }
 
+// Messages are handled one after another; a handler may wait for the disk (free stages, the last writes).
+let queue = Promise.resolve();
 port.on('message', (msg: ChunkToWorker) => {
+  queue = queue.then(() => handle(msg));
+});
+
+async function handle(msg: ChunkToWorker): Promise<void> {
   try {
     switch (msg.type) {
       case 'start': {
-        if (job) job.sink.close(); // a job abandoned by the main thread
-        const sink = DiskSink.open(msg.file, arena, STAGE_BYTES);
+        if (job) await job.sink.close(); // a job abandoned by the main thread
+        const sink = DiskSink.open(msg.file, stages);
         job = {
           id: msg.id,
           sink,
-          runs: new RunWriter(sink, sink.stage, msg.offset, msg.sparse),
+          runs: new RunWriter(sink, msg.offset, msg.sparse),
           parser: new AppleLz4Parser(),
           tracker: new DigestTracker(msg.expect),
         };
@@ -55,11 +65,15 @@ port.on('message', (msg: ChunkToWorker) => {
       case 'data': {
         if (!job || job.id !== msg.id) return;
         const before = job.runs.pushed;
-        for (const block of job.parser.blocks(new Uint8Array(msg.chunk))) {
-          job.tracker.update(block);
-          job.runs.push(block);
+        const j = job;
+        for (const block of j.parser.blocks(new Uint8Array(msg.chunk))) {
+          j.tracker.update(block);
+          // Room for every stage this block can fill, plus the one it starts.
+          const need = Math.min(STAGES, Math.ceil(block.length / STAGE_BYTES) + 1);
+          if (j.sink.freeStages < need) await j.sink.available(need);
+          j.runs.push(block);
         }
-        send({ type: 'consumed', id: msg.id, bytes: msg.chunk.byteLength, decoded: job.runs.pushed - before });
+        send({ type: 'consumed', id: msg.id, bytes: msg.chunk.byteLength, decoded: j.runs.pushed - before });
         return;
       }
       case 'end': {
@@ -67,16 +81,18 @@ port.on('message', (msg: ChunkToWorker) => {
         const j = job;
         j.parser.end();
         const result = j.tracker.finish();
+        if (j.sink.freeStages < 1) await j.sink.available(1);
         j.runs.end();
+        await j.sink.drain(); // a write error (ENOSPC) fails the chunk here
         // No fsync per chunk (it doubled pull time): the pull syncs the disk file once before publishing,
         // and a pull resumed after a reboot re-verifies the chunks it had recorded as done.
-        j.sink.close();
+        await j.sink.close();
         job = undefined;
         send({ type: 'done', id: msg.id, digest: result.digest, size: result.size, written: j.runs.written });
         return;
       }
     }
   } catch (err) {
-    fail(msg.id, err);
+    await fail(msg.id, err);
   }
-});
+}

@@ -13,8 +13,14 @@
 // never a lost write. (Probing the alignment with a direct read does not work: ext4 does not check the
 // memory of a read from a hole.)
 //
+// Writes are asynchronous (libuv's thread pool) from a few stages in turn, so that the thread decodes and
+// hashes the next megabyte while the last one goes to the disk: a direct write blocks until the device
+// has it, which was a quarter of a writer thread's time when it waited. The caller keeps the number in
+// flight below the stages it has (settle) and waits for all of them at the end of a chunk (drain); the
+// first error of any write (ENOSPC, EIO) is what drain and settle then throw.
+//
 // VMLET_DIRECT_IO=0 turns it off (for A/B benchmarks, or a filesystem that misbehaves with it).
-import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { close, closeSync, constants, openSync, write, writeSync } from 'node:fs';
 import type { RunSink } from './run-writer.ts';
 
 /** Alignment asked of positions and lengths of direct writes (a page: enough for any block size). */
@@ -27,20 +33,28 @@ export interface DiskSinkOptions {
 
 export class DiskSink implements RunSink {
   private direct: number | undefined;
+  private readonly free: Buffer[];
+  /** Writes handed to the kernel and not finished. */
+  private inFlight = 0;
+  private failure: Error | undefined;
+  private waiters: Array<() => void> = [];
+  private closed = false;
 
-  private constructor(private readonly fd: number, direct: number | undefined, readonly stage: Buffer) {
+  private constructor(private readonly fd: number, direct: number | undefined, private readonly stages: Buffer[]) {
     this.direct = direct;
+    this.free = [...stages];
   }
 
   /**
-   * Opens `file` for writing and returns the sink, whose stage is the first `stageBytes` of `arena` (from
-   * alignedArena(), so that direct writes from it are allowed).
+   * Opens `file` for writing. `stages` are the buffers RunWriter fills in turn, all of one size; from
+   * alignedArena() (at page-multiple offsets), direct writes from them are allowed.
    */
-  static open(file: string, arena: Buffer, stageBytes: number, options: DiskSinkOptions = {}): DiskSink {
-    if (arena.length < stageBytes) throw new RangeError(`direct-sink: the arena must be at least ${stageBytes} bytes`);
+  static open(file: string, stages: Buffer[], options: DiskSinkOptions = {}): DiskSink {
+    if (stages.length === 0) throw new RangeError('direct-sink: at least one stage');
     const fd = openSync(file, 'r+');
     let direct: number | undefined;
-    const wanted = (options.direct ?? process.env.VMLET_DIRECT_IO !== '0') && arenas.has(arena.buffer);
+    const aligned = stages.every((b) => arenas.has(b.buffer) && b.byteOffset % ALIGN === 0);
+    const wanted = (options.direct ?? process.env.VMLET_DIRECT_IO !== '0') && aligned;
     if (wanted && typeof constants.O_DIRECT === 'number') {
       try {
         direct = openSync(file, constants.O_RDWR | constants.O_DIRECT);
@@ -48,7 +62,7 @@ export class DiskSink implements RunSink {
         direct = undefined; // e.g. EINVAL from open on a filesystem without O_DIRECT
       }
     }
-    return new DiskSink(fd, direct, arena.subarray(0, stageBytes));
+    return new DiskSink(fd, direct, stages);
   }
 
   /** Whether writes still go around the page cache. */
@@ -56,32 +70,106 @@ export class DiskSink implements RunSink {
     return this.direct !== undefined;
   }
 
-  write(data: Buffer, position: number): void {
-    if (this.direct !== undefined && position % ALIGN === 0 && data.byteOffset === this.stage.byteOffset) {
-      const n = data.length - (data.length % ALIGN);
-      if (n > 0) {
-        try {
-          writeAll(this.direct, data.subarray(0, n), position);
-          data = data.subarray(n);
-          position += n;
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-          this.stopDirect(); // redone below, buffered (a direct write that fails writes nothing)
-        }
-      }
-    }
-    if (data.length > 0) writeAll(this.fd, data, position);
+  /** Stages free to lend. */
+  get freeStages(): number {
+    return this.free.length;
   }
 
-  close(): void {
+  /** Writes not finished yet. */
+  get pending(): number {
+    return this.inFlight;
+  }
+
+  /** A free stage for RunWriter to fill. Only call with one free: keep pending below stages.length. */
+  stage(): Buffer {
+    const b = this.free.pop();
+    if (!b) throw new Error('direct-sink: no free stage (settle() before filling more)');
+    return b;
+  }
+
+  /** Writes `data` (the start of a stage from stage()) at `position`; the stage is free again once written. */
+  write(data: Buffer, position: number): void {
+    const stage = this.stages.find((b) => b.buffer === data.buffer && b.byteOffset === data.byteOffset);
+    if (!stage) throw new Error('direct-sink: write() of a buffer that is not one of its stages');
+    this.inFlight++;
+    const done = (err?: Error) => {
+      this.inFlight--;
+      this.failure ??= err;
+      this.free.push(stage);
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
+    };
+    if (this.direct !== undefined && position % ALIGN === 0) {
+      const n = data.length - (data.length % ALIGN);
+      if (n > 0) {
+        const rest = data.subarray(n);
+        const direct = this.direct;
+        writeAllAsync(direct, data.subarray(0, n), position, (err) => {
+          if (err && err.code === 'EINVAL') {
+            // Redone buffered (a direct write that fails writes nothing); direct I/O off from here.
+            if (this.direct === direct) this.stopDirect();
+            try {
+              writeAll(this.fd, data, position);
+            } catch (e) {
+              done(e as Error);
+              return;
+            }
+            done();
+            return;
+          }
+          if (err) {
+            done(err);
+            return;
+          }
+          try {
+            if (rest.length > 0) writeAll(this.fd, rest, position + n);
+          } catch (e) {
+            done(e as Error);
+            return;
+          }
+          done();
+        });
+        return;
+      }
+    }
+    writeAllAsync(this.fd, data, position, (err) => done(err ?? undefined));
+  }
+
+  /** Resolves once at most `maxPending` writes are unfinished; rejects with the first write error. */
+  async settle(maxPending: number): Promise<void> {
+    while (this.inFlight > maxPending) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    if (this.failure) throw this.failure;
+  }
+
+  /** Resolves once `n` stages are free; rejects with the first write error. */
+  async available(n: number): Promise<void> {
+    if (n > this.stages.length) throw new RangeError(`direct-sink: ${n} stages wanted, ${this.stages.length} exist`);
+    while (this.free.length < n) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    if (this.failure) throw this.failure;
+  }
+
+  /** Every write finished; the first error of any, thrown. */
+  drain(): Promise<void> {
+    return this.settle(0);
+  }
+
+  /** Closes the file once every write has finished (errors are drain's to report). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.settle(0).catch(() => undefined);
     this.stopDirect();
     closeSync(this.fd);
   }
 
   private stopDirect(): void {
     if (this.direct === undefined) return;
-    closeSync(this.direct);
+    const fd = this.direct;
     this.direct = undefined;
+    // Writes on it may still be in flight: closed once they are done.
+    if (this.inFlight > 0) void this.settle(0).catch(() => undefined).then(() => close(fd, () => {}));
+    else closeSync(fd);
   }
 }
 
@@ -108,4 +196,13 @@ const WASM_PAGE = 64 * 1024;
 
 function writeAll(fd: number, data: Buffer, position: number): void {
   for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done, position + done);
+}
+
+/** All of `data` at `position` through libuv's thread pool (short writes continued). */
+function writeAllAsync(fd: number, data: Buffer, position: number, cb: (err: NodeJS.ErrnoException | null) => void, done = 0): void {
+  write(fd, data, done, data.length - done, position + done, (err, n) => {
+    if (err) cb(err);
+    else if (done + n >= data.length) cb(null);
+    else writeAllAsync(fd, data, position, cb, done + n);
+  });
 }

@@ -1,12 +1,18 @@
 // RunWriter: what a chunk-writer thread does with the bytes it decodes. It gathers them into runs of whole
 // 64 KiB windows (ZERO_RUN), drops the windows that are all zeros when the range is known to be a hole
-// (sparse), and hands each contiguous run to one positional write of up to `stage.length` bytes. Fewer,
-// larger writes, from one buffer that can be aligned for O_DIRECT (direct-sink.ts). The I/O is a
-// collaborator (RunSink), so the gathering here is pure and tested alone.
+// (sparse), and hands each contiguous run to one positional write of up to a stage's length. Fewer,
+// larger writes, from buffers the sink lends, which can be aligned for O_DIRECT and written while the
+// next one fills (direct-sink.ts). The I/O is a collaborator (RunSink), so the gathering here is pure and
+// tested alone.
 import { ZERO_RUN } from './sparse-file.ts';
 
-/** Where runs go: one positional write of `data` (a view of the stage) at `position`, all of it. */
+/**
+ * Where runs go. stage() lends the buffer to fill next (a whole number of windows long); write() takes
+ * back its start, `data`, to be written at `position`, all of it (at once, or later: the sink owns the
+ * stage until then).
+ */
 export interface RunSink {
+  stage(): Buffer;
   write(data: Buffer, position: number): void;
 }
 
@@ -25,13 +31,14 @@ export class RunWriter {
   /** Bytes pushed (decoded), zeros included. */
   pushed = 0;
 
+  /** The stage being filled; taken from the sink when the first byte needs it. */
+  private current: Buffer | undefined;
+
   /**
-   * @param stage staging buffer, a whole number of windows long (its start may be aligned for the sink)
    * @param start disk position of the first byte pushed; windows are counted from here
    * @param sparse skip all-zero windows (only right for a range that holds zeros already)
    */
-  constructor(private readonly sink: RunSink, private readonly stage: Buffer, start: number, private readonly sparse: boolean) {
-    if (stage.length === 0 || stage.length % ZERO_RUN !== 0) throw new RangeError(`run-writer: the stage must be a whole number of ${ZERO_RUN}-byte windows, got ${stage.length}`);
+  constructor(private readonly sink: RunSink, start: number, private readonly sparse: boolean) {
     this.stageStart = start;
   }
 
@@ -84,5 +91,14 @@ export class RunWriter {
     this.written += this.len;
     this.stageStart += this.len;
     this.len = 0;
+    this.current = undefined; // the sink's until written
+  }
+
+  private get stage(): Buffer {
+    if (this.current) return this.current;
+    const stage = this.sink.stage();
+    if (stage.length === 0 || stage.length % ZERO_RUN !== 0) throw new RangeError(`run-writer: a stage must be a whole number of ${ZERO_RUN}-byte windows, got ${stage.length}`);
+    this.current = stage;
+    return stage;
   }
 }

@@ -14,6 +14,10 @@ const W = ZERO_RUN;
 
 class Recorder implements RunSink {
   writes: Array<{ position: number; data: Buffer }> = [];
+  constructor(private readonly stageBytes: number) {}
+  stage(): Buffer {
+    return Buffer.alloc(this.stageBytes);
+  }
   write(data: Buffer, position: number): void {
     this.writes.push({ position, data: Buffer.from(data) }); // the stage is reused: keep a copy
   }
@@ -49,8 +53,8 @@ test('runs of non-zero windows become one write each, zero windows are holes, wh
   const data = disk('ddzdddezzdddddddddddddddddzd', 1000);
   const base = 32 * 1024 * 1024;
   for (const sizes of [[W], [4 * W], [1], [777, 65_536, 100_000], [data.length]]) {
-    const rec = new Recorder();
-    const writer = new RunWriter(rec, Buffer.alloc(4 * W), base, true);
+    const rec = new Recorder(4 * W);
+    const writer = new RunWriter(rec, base, true);
     feed(writer, data, sizes);
     assert.deepEqual(rec.image(base, data.length), data, `pieces ${sizes.join(',')}: the bytes on disk`);
     assert.equal(writer.pushed, data.length);
@@ -71,8 +75,8 @@ test('runs of non-zero windows become one write each, zero windows are holes, wh
 
 test('without sparse every byte is written, zeros included, in whole-stage runs', () => {
   const data = disk('zzzzdzzzzz', 10);
-  const rec = new Recorder();
-  const writer = new RunWriter(rec, Buffer.alloc(4 * W), 0, false);
+  const rec = new Recorder(4 * W);
+  const writer = new RunWriter(rec, 0, false);
   feed(writer, data, [5000]);
   assert.equal(writer.written, data.length);
   assert.deepEqual(rec.writes.map((w) => [w.position, w.data.length]), [[0, 4 * W], [4 * W, 4 * W], [8 * W, 2 * W + 10]]);
@@ -80,11 +84,11 @@ test('without sparse every byte is written, zeros included, in whole-stage runs'
 });
 
 test('a last, partial window of zeros is not written; a stage that is not whole windows is refused', () => {
-  const rec = new Recorder();
-  const writer = new RunWriter(rec, Buffer.alloc(2 * W), 0, true);
+  const rec = new Recorder(2 * W);
+  const writer = new RunWriter(rec, 0, true);
   feed(writer, Buffer.concat([disk('d'), Buffer.alloc(300)]), [W + 300]);
   assert.deepEqual(rec.writes.map((w) => [w.position, w.data.length]), [[0, W]]);
-  assert.throws(() => new RunWriter(rec, Buffer.alloc(W + 1), 0, true), /whole number of 65536-byte windows/);
+  assert.throws(() => new RunWriter(new Recorder(W + 1), 0, true).push(Buffer.alloc(10)), /whole number of 65536-byte windows/);
 });
 
 test('an aligned arena starts on a page, as O_DIRECT needs', () => {
@@ -95,35 +99,53 @@ test('an aligned arena starts on a page, as O_DIRECT needs', () => {
   assert.equal(arena.byteOffset, 0);
 });
 
-test('the disk sink writes runs at any position and length, direct or buffered, and they read back', async () => {
+test('the disk sink writes runs at any position and length, direct or buffered, while it fills the next stage, and they read back', async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlet-sink-'));
   try {
     for (const direct of [true, false]) {
       const file = path.join(dir, `disk-${direct}`);
       await writeFile(file, '');
       await truncate(file, 64 * W);
-      const sink = DiskSink.open(file, alignedArena(8 * W), 8 * W, { direct });
+      const arena = alignedArena(3 * 8 * W);
+      const stages = [0, 1, 2].map((i) => arena.subarray(i * 8 * W, (i + 1) * 8 * W));
+      const sink = DiskSink.open(file, stages, { direct });
       if (!direct) assert.equal(sink.isDirect, false);
       const directAtFirst = sink.isDirect; // true on ext4, xfs, btrfs; false on tmpfs
       const want = Buffer.alloc(64 * W);
-      const put = (position: number, length: number): void => {
+      const put = async (position: number, length: number): Promise<void> => {
+        await sink.available(1);
         const data = randomBytes(length);
-        data.copy(sink.stage);
-        sink.write(sink.stage.subarray(0, length), position);
+        const stage = sink.stage();
+        data.copy(stage);
+        sink.write(stage.subarray(0, length), position);
         data.copy(want, position);
       };
-      put(0, 8 * W); // aligned, whole
-      put(16 * W, 3 * W + 123); // aligned start, unaligned tail
-      put(24 * W + 512, 2 * W); // unaligned position
-      put(40 * W, 100); // shorter than a block
+      await put(0, 8 * W); // aligned, whole
+      await put(16 * W, 3 * W + 123); // aligned start, unaligned tail
+      await put(24 * W + 512, 2 * W); // unaligned position
+      await put(40 * W, 100); // shorter than a block
+      for (let i = 0; i < 6; i++) await put((44 + 3 * i) * W, 2 * W); // more writes than stages: they are reused
+      await sink.drain();
+      assert.equal(sink.pending, 0);
+      assert.equal(sink.freeStages, 3, 'every stage back once written');
       // A direct write the kernel refused (EINVAL: misaligned memory) would have turned direct I/O off.
       assert.equal(sink.isDirect, directAtFirst, `direct=${direct}: no direct write was refused`);
-      sink.close();
+      await sink.close();
       assert.deepEqual(await readFile(file), want, `direct=${direct}: the file holds what was written`);
       const { blocks } = await stat(file);
-      assert.ok(blocks * 512 < 20 * W, `direct=${direct}: the file stays sparse (${blocks * 512} bytes allocated)`);
+      assert.ok(blocks * 512 < 40 * W, `direct=${direct}: the file stays sparse (${blocks * 512} bytes allocated)`);
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('a write that fails (a full disk: /dev/full) is the error drain() throws, and the stage is free again', { skip: process.platform !== 'linux' && 'needs /dev/full' }, async () => {
+  const sink = DiskSink.open('/dev/full', [alignedArena(W)]);
+  const stage = sink.stage();
+  stage.fill(1);
+  sink.write(stage, 0);
+  await assert.rejects(sink.drain(), (err: NodeJS.ErrnoException) => err.code === 'ENOSPC');
+  assert.equal(sink.freeStages, 1);
+  await sink.close();
 });
