@@ -81,8 +81,7 @@ async function handle(msg: ChunkToWorker): Promise<void> {
         const j = job;
         j.parser.end();
         const result = j.tracker.finish();
-        if (j.sink.freeStages < 1) await j.sink.available(1);
-        j.runs.end();
+        j.runs.end(); // writes the stage it holds: needs no other
         await j.sink.drain(); // a write error (ENOSPC) fails the chunk here
         // No fsync per chunk (it doubled pull time): the pull syncs the disk file once before publishing,
         // and a pull resumed after a reboot re-verifies the chunks it had recorded as done.

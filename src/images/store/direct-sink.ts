@@ -15,9 +15,9 @@
 //
 // Writes are asynchronous (libuv's thread pool) from a few stages in turn, so that the thread decodes and
 // hashes the next megabyte while the last one goes to the disk: a direct write blocks until the device
-// has it, which was a quarter of a writer thread's time when it waited. The caller keeps the number in
-// flight below the stages it has (settle) and waits for all of them at the end of a chunk (drain); the
-// first error of any write (ENOSPC, EIO) is what drain and settle then throw.
+// has it, which was a quarter of a writer thread's time when it waited. The caller waits for free stages
+// before it fills more (available) and for every write at the end of a chunk (drain); the first error
+// of any write (ENOSPC, EIO) is what both then throw.
 //
 // VMLET_DIRECT_IO=0 turns it off (for A/B benchmarks, or a filesystem that misbehaves with it).
 import { close, closeSync, constants, openSync, write, writeSync } from 'node:fs';
@@ -100,65 +100,49 @@ export class DiskSink implements RunSink {
       this.waiters = [];
       for (const w of waiters) w();
     };
-    if (this.direct !== undefined && position % ALIGN === 0) {
-      const n = data.length - (data.length % ALIGN);
-      if (n > 0) {
-        const rest = data.subarray(n);
-        const direct = this.direct;
-        writeAllAsync(direct, data.subarray(0, n), position, (err) => {
-          if (err && err.code === 'EINVAL') {
-            // Redone buffered (a direct write that fails writes nothing); direct I/O off from here.
-            if (this.direct === direct) this.stopDirect();
-            try {
-              writeAll(this.fd, data, position);
-            } catch (e) {
-              done(e as Error);
-              return;
-            }
-            done();
-            return;
-          }
-          if (err) {
-            done(err);
-            return;
-          }
-          try {
-            if (rest.length > 0) writeAll(this.fd, rest, position + n);
-          } catch (e) {
-            done(e as Error);
-            return;
-          }
-          done();
-        });
+    // The buffered descriptor's share (an unaligned tail, or all of it), synchronously: done once written.
+    const buffered = (part: Buffer, at: number): void => {
+      try {
+        writeAll(this.fd, part, at);
+      } catch (e) {
+        done(e as Error);
         return;
       }
+      done();
+    };
+    const n = data.length - (data.length % ALIGN);
+    if (this.direct !== undefined && position % ALIGN === 0 && n > 0) {
+      const direct = this.direct;
+      writeAllAsync(direct, data.subarray(0, n), position, (err) => {
+        if (err?.code === 'EINVAL') {
+          // Redone buffered, all of it (a direct write that fails writes nothing); direct I/O off from here.
+          if (this.direct === direct) this.stopDirect();
+          buffered(data, position);
+        } else if (err) done(err);
+        else if (n < data.length) buffered(data.subarray(n), position + n);
+        else done();
+      });
+      return;
     }
     writeAllAsync(this.fd, data, position, (err) => done(err ?? undefined));
   }
 
-  /** Resolves once at most `maxPending` writes are unfinished; rejects with the first write error. */
-  async settle(maxPending: number): Promise<void> {
-    while (this.inFlight > maxPending) await new Promise<void>((resolve) => this.waiters.push(resolve));
-    if (this.failure) throw this.failure;
-  }
-
   /** Resolves once `n` stages are free; rejects with the first write error. */
-  async available(n: number): Promise<void> {
+  available(n: number): Promise<void> {
     if (n > this.stages.length) throw new RangeError(`direct-sink: ${n} stages wanted, ${this.stages.length} exist`);
-    while (this.free.length < n) await new Promise<void>((resolve) => this.waiters.push(resolve));
-    if (this.failure) throw this.failure;
+    return this.until(() => this.free.length >= n);
   }
 
   /** Every write finished; the first error of any, thrown. */
   drain(): Promise<void> {
-    return this.settle(0);
+    return this.until(() => this.inFlight === 0);
   }
 
   /** Closes the file once every write has finished (errors are drain's to report). */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.settle(0).catch(() => undefined);
+    await this.drain().catch(() => undefined);
     this.stopDirect();
     closeSync(this.fd);
   }
@@ -168,8 +152,14 @@ export class DiskSink implements RunSink {
     const fd = this.direct;
     this.direct = undefined;
     // Writes on it may still be in flight: closed once they are done.
-    if (this.inFlight > 0) void this.settle(0).catch(() => undefined).then(() => close(fd, () => {}));
+    if (this.inFlight > 0) void this.drain().catch(() => undefined).then(() => close(fd, () => {}));
     else closeSync(fd);
+  }
+
+  /** Waits (woken by each finished write) until `ready`; then the first write error, if any, is thrown. */
+  private async until(ready: () => boolean): Promise<void> {
+    while (!ready()) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    if (this.failure) throw this.failure;
   }
 }
 
