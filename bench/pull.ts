@@ -8,7 +8,7 @@
 //   (d) not in the issue's target, shown beside it: the disk's durable write speed (dd conv=fsync of as
 //       many bytes as the disk holds non-zero), since a pull must make its disk durable.
 // vmlet's pull (the compiled `vmlet image pull` into an empty store) is timed, with its peak RSS and the
-// allocated size of the resulting disk, and again with VMLET_DIRECT_IO=0 (its disk writes through the
+// allocated size of the resulting disk, and again with VMLET_DIRECT_IO=false (its disk writes through the
 // page cache instead of O_DIRECT), an A/B in the same run. Then 5% of the disk is rewritten in 4 regions, pushed as v2, and
 // pulled next to v1: the bytes it downloads are compared with a full pull.
 // Targets: pull <= 1.3x max(a, b) and < (c); re-pull <= 10% of the bytes; allocated <= 1.05x non-zero
@@ -174,7 +174,7 @@ async function main(): Promise<void> {
 
     // Each pull into an empty store, REPEAT times, the median reported (this machine's noise is large);
     // the with- and without-O_DIRECT runs alternate.
-    console.log(`vmlet image pull (v1) into an empty store, ${REPEAT} times, and as many through the page cache (VMLET_DIRECT_IO=0) ...`);
+    console.log(`vmlet image pull (v1) into an empty store, ${REPEAT} times, and as many through the page cache (VMLET_DIRECT_IO=false) ...`);
     const storeB = path.join(dir, 'store-b');
     const storeC = path.join(dir, 'store-c');
     const pulls: Awaited<ReturnType<typeof timed>>[] = [];
@@ -185,7 +185,7 @@ async function main(): Promise<void> {
       pulls.push(await vmlet(storeB, 'pull', `${target}:v1`));
       const pulledDisk = path.join(storeB, 'images', (await readdir(path.join(storeB, 'images'))).find((e) => /^[a-f0-9]{64}$/.test(e))!, 'disk.img');
       allocated = (await stat(pulledDisk)).blocks * 512;
-      buffereds.push(await vmletWith({ VMLET_DIRECT_IO: '0' }, storeC, 'pull', `${target}:v1`));
+      buffereds.push(await vmletWith({ VMLET_DIRECT_IO: 'false' }, storeC, 'pull', `${target}:v1`));
       await rm(storeC, { recursive: true, force: true });
     }
     const median = <T extends { seconds: number }>(xs: T[]): T => [...xs].sort((a, b) => a.seconds - b.seconds)[Math.floor(xs.length / 2)]!;
@@ -217,7 +217,7 @@ async function main(): Promise<void> {
     console.log(`| the same, against the disk's durable write speed too | ${f(pull.seconds)} | (d) dd conv=fsync of the non-zero data ${f(dd.seconds)} | ${(pull.seconds / boundWithDisk).toFixed(2)}x max(a,b,d) | - |`);
     const cpuOf = (r: { seconds: number; cpu: { user: number; system: number } }) => `${f(r.cpu.user)} user + ${f(r.cpu.system)} system (${((r.cpu.user + r.cpu.system) / r.seconds).toFixed(2)} of ${os.availableParallelism()} cores busy)`;
     console.log(`| CPU time of the pull | ${cpuOf(pull)} | through the page cache: ${cpuOf(buffered)} | - | - |`);
-    console.log(`| the same pull through the page cache (VMLET_DIRECT_IO=0) | ${f(buffered.seconds)} | the pull with O_DIRECT ${f(pull.seconds)} | ${(buffered.seconds / pull.seconds).toFixed(2)}x | - |`);
+    console.log(`| the same pull through the page cache (VMLET_DIRECT_IO=false) | ${f(buffered.seconds)} | the pull with O_DIRECT ${f(pull.seconds)} | ${(buffered.seconds / pull.seconds).toFixed(2)}x | - |`);
     console.log(`| vmlet pull vs skopeo copy | ${f(pull.seconds)} | (c) skopeo ${f(skopeo.seconds)} | ${(pull.seconds / skopeo.seconds).toFixed(2)}x | < 1x |`);
     console.log(`| re-pull after 5% rewritten in 4 regions | ${(downloaded / MiB).toFixed(0)} MiB | full pull ${(compressed / MiB).toFixed(0)} MiB | ${((100 * downloaded) / compressed).toFixed(1)}% | <= 10% |`);
     console.log(`| allocated blocks of the pulled disk | ${(allocated / MiB).toFixed(0)} MiB | non-zero data ${(nonZero / MiB).toFixed(0)} MiB | ${(allocated / nonZero).toFixed(3)}x | <= 1.05x |`);

@@ -127,7 +127,7 @@ export class Daemon {
       log.warn({ reason: probe.reason }, `pods will not run on this node: ${probe.message}`);
       return;
     }
-    const store = new ImageStore(config.imageCacheDir);
+    const store = new ImageStore(config.imageCacheDir, { directIo: config.directIo });
     await store.init();
     const driver: Hypervisor = probe.driver === 'vz'
       ? await VzDriver.open({ log: log.child({ component: 'vz' }) })

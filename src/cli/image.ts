@@ -145,7 +145,8 @@ export function storeOptions(cmd: Command): Command {
 }
 
 export async function openStore(flags: CommonFlags): Promise<ImageStore> {
-  const store = new ImageStore(flags.store ?? loadConfig({ env: process.env }).imageCacheDir);
+  const config = loadConfig({ env: process.env });
+  const store = new ImageStore(flags.store ?? config.imageCacheDir, { directIo: config.directIo });
   await store.init();
   return store;
 }

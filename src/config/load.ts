@@ -32,6 +32,7 @@ export const SETTINGS: Setting[] = [
   { path: 'logLevel', flag: 'log-level', env: 'VMLET_LOG_LEVEL', kind: 'string', help: 'trace, debug, info, warn, error, fatal or silent' },
   { path: 'hypervisor', flag: 'hypervisor', env: 'VMLET_HYPERVISOR', kind: 'string', help: 'auto, qemu or vz' },
   { path: 'imageCacheDir', flag: 'image-cache-dir', env: 'VMLET_IMAGE_CACHE_DIR', kind: 'string', help: 'image cache directory' },
+  { path: 'directIo', flag: 'direct-io', env: 'VMLET_DIRECT_IO', kind: 'bool', help: 'false: image pulls write disks through the page cache instead of with O_DIRECT (Linux; default true)' },
   { path: 'vmDir', flag: 'vm-dir', env: 'VMLET_VM_DIR', kind: 'string', help: 'VM working directories (default <image-cache-dir>/vms)' },
   { path: 'podManifestPath', flag: 'pod-manifest-path', env: 'VMLET_POD_MANIFEST_PATH', kind: 'string', help: 'directory of static pod manifests run as VMs (without a kubeconfig: standalone, no API server)' },
   { path: 'localSocket', flag: 'socket', env: 'VMLET_SOCKET', kind: 'string', help: 'unix socket of the local API for vmlet ps/logs/exec (default <image-cache-dir>/vmlet.sock)' },

@@ -90,6 +90,8 @@ export const configSchema = z
     hypervisor: z.enum(HYPERVISORS).default('auto'),
     /** Directory of the image cache; its volume is the node's ephemeral-storage and DiskPressure source. */
     imageCacheDir: z.string().min(1).default(() => defaultCacheDir()),
+    /** Pulls write disks with O_DIRECT where the OS and filesystem allow (src/images/store/direct-sink.ts). */
+    directIo: boolean(true),
     /**
      * Working directories of VMs (disk clones, sockets, console logs, driver state); default
      * `<imageCacheDir>/vms`. On the image cache's file system, a disk clone is a reflink where it can be.

@@ -217,7 +217,7 @@ async function downloadChunk(
   if (chunk.encoding === 'apple-lz4') {
     // Decoded, hashed and written on a worker thread; the compressed digest is checked by the download,
     // the uncompressed digest by the worker, and both must pass for the chunk to count.
-    await writers.write({ file, offset: chunk.offset, sparse, expect: { size: chunk.size, digest: chunk.digest }, source: compressed, onProgress: onBytes });
+    await writers.write({ file, offset: chunk.offset, sparse, direct: opts.store.options.directIo ?? true, expect: { size: chunk.size, digest: chunk.digest }, source: compressed, onProgress: onBytes });
     return;
   }
   let position = chunk.offset;

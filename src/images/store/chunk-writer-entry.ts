@@ -52,7 +52,7 @@ async function handle(msg: ChunkToWorker): Promise<void> {
     switch (msg.type) {
       case 'start': {
         if (job) await job.sink.close(); // a job abandoned by the main thread
-        const sink = DiskSink.open(msg.file, stages);
+        const sink = DiskSink.open(msg.file, stages, { direct: msg.direct });
         job = {
           id: msg.id,
           sink,

@@ -3,7 +3,7 @@ import type { DecodeExpectation } from '../lz4/digest.ts';
 import type { WireError } from '../lz4/protocol.ts';
 
 export type ChunkToWorker =
-  | { type: 'start'; id: number; file: string; offset: number; sparse: boolean; expect: DecodeExpectation }
+  | { type: 'start'; id: number; file: string; offset: number; sparse: boolean; direct: boolean; expect: DecodeExpectation }
   | { type: 'data'; id: number; chunk: ArrayBuffer }
   | { type: 'end'; id: number };
 

@@ -14,6 +14,8 @@ export interface ChunkJob {
   offset: number;
   /** Skip zero runs (only when the range is known to hold zeros: a fresh, truncated file). */
   sparse: boolean;
+  /** Write with O_DIRECT where the system allows (default true). */
+  direct?: boolean;
   expect: Required<DecodeExpectation>;
   /** Compressed bytes of the chunk, as they arrive. */
   source: AsyncIterable<Uint8Array>;
@@ -124,7 +126,7 @@ function runJob(worker: Worker, id: number, job: ChunkJob): Promise<ChunkResult>
     worker.on('message', onMessage);
     worker.on('exit', onExit);
     const send = (msg: ChunkToWorker, transfer?: ArrayBuffer[]) => worker.postMessage(msg, transfer);
-    send({ type: 'start', id, file: job.file, offset: job.offset, sparse: job.sparse, expect: job.expect });
+    send({ type: 'start', id, file: job.file, offset: job.offset, sparse: job.sparse, direct: job.direct ?? true, expect: job.expect });
     const batch = Math.max(1, job.batchBytes ?? 256 * 1024);
     void (async () => {
       // Network buffers are slices of memory undici reuses: they are copied into pieces the worker can own,

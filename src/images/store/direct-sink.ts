@@ -19,7 +19,8 @@
 // before it fills more (available) and for every write at the end of a chunk (drain); the first error
 // of any write (ENOSPC, EIO) is what both then throw.
 //
-// VMLET_DIRECT_IO=0 turns it off (for A/B benchmarks, or a filesystem that misbehaves with it).
+// The `directIo` setting (VMLET_DIRECT_IO=false) turns it off, through ImageStore and the chunk job (for
+// A/B benchmarks, or a filesystem that misbehaves with it).
 import { close, closeSync, constants, openSync, write, writeSync } from 'node:fs';
 import type { RunSink } from './run-writer.ts';
 
@@ -27,7 +28,7 @@ import type { RunSink } from './run-writer.ts';
 const ALIGN = 4096;
 
 export interface DiskSinkOptions {
-  /** Try O_DIRECT (default: unless VMLET_DIRECT_IO=0). */
+  /** Try O_DIRECT (default true). */
   direct?: boolean;
 }
 
@@ -54,7 +55,7 @@ export class DiskSink implements RunSink {
     const fd = openSync(file, 'r+');
     let direct: number | undefined;
     const aligned = stages.every((b) => arenas.has(b.buffer) && b.byteOffset % ALIGN === 0);
-    const wanted = (options.direct ?? process.env.VMLET_DIRECT_IO !== '0') && aligned;
+    const wanted = (options.direct ?? true) && aligned;
     if (wanted && typeof constants.O_DIRECT === 'number') {
       try {
         direct = openSync(file, constants.O_RDWR | constants.O_DIRECT);

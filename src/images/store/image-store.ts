@@ -39,7 +39,11 @@ export const INITRD_FILE = 'initrd';
 export class ImageStore {
   readonly content: ContentStore;
 
-  constructor(readonly root: string) {
+  /**
+   * @param options.directIo pulls into this store write disks with O_DIRECT where they can (default true;
+   *   the `directIo` setting)
+   */
+  constructor(readonly root: string, readonly options: { directIo?: boolean } = {}) {
     this.content = new ContentStore(path.join(root, 'content'));
   }
 
