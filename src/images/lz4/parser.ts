@@ -1,12 +1,13 @@
 // AppleLz4Parser: incremental decoder of Apple's LZ4 framing (bv41 / bv4- / bv4$, see format.ts). Bytes
 // in, decoded blocks out, no I/O, so every case is testable with byte arrays alone (the `ws` Receiver
 // style). It holds at most one block's payload (bounded by maxBlockSize) plus the 64 KiB window.
-import { decodeBlock } from './block.ts';
+import { decodeBlock, decodesToZeros } from './block.ts';
 import {
   AppleLz4Error,
   DEFAULT_MAX_BLOCK_SIZE,
   HEADER_SIZE,
   MAGIC,
+  WINDOW_SIZE,
   describeMagic,
   lz4Bound,
 } from './format.ts';
@@ -15,13 +16,34 @@ import { History } from './history.ts';
 export interface AppleLz4ParserOptions {
   /** Largest decoded block accepted, in bytes (default 4 MiB; Apple writes 64 KiB). */
   maxBlockSize?: number;
+  /**
+   * Blocks may be lent rather than owned (default false): a stored block that lies whole in the pushed
+   * chunk is a view of it, and an all-zero block is a view of one shared zero buffer. Such a block is
+   * valid until the next push and must not be written to. For a caller that copies what it keeps (the
+   * chunk writer hashes a block and copies it into its stage), this saves an allocation and a copy per
+   * block.
+   */
+  lend?: boolean;
+}
+
+const NO_BYTES = Buffer.alloc(0);
+/** Shared zeros lent for all-zero blocks (grown to the largest such block seen; never written). */
+let sharedZeros = Buffer.alloc(WINDOW_SIZE);
+
+function zeros(size: number, lend: boolean): Buffer {
+  if (!lend) return Buffer.alloc(size);
+  if (sharedZeros.length < size) sharedZeros = Buffer.alloc(size);
+  return sharedZeros.subarray(0, size);
 }
 
 type State = 'header' | 'compressed' | 'stored' | 'ended';
 
 export class AppleLz4Parser {
   private readonly maxBlockSize: number;
+  private readonly lend: boolean;
   private readonly history = new History();
+  /** How many of the last bytes of the history are known to be zeros (from blocks seen as all-zero). */
+  private zeroTail = 0;
   private readonly header = Buffer.alloc(HEADER_SIZE.compressed);
   private state: State = 'header';
   private headerHave = 0;
@@ -42,6 +64,7 @@ export class AppleLz4Parser {
 
   constructor(options: AppleLz4ParserOptions = {}) {
     this.maxBlockSize = options.maxBlockSize ?? DEFAULT_MAX_BLOCK_SIZE;
+    this.lend = options.lend ?? false;
   }
 
   /** Compressed bytes consumed so far. */
@@ -95,6 +118,16 @@ export class AppleLz4Parser {
           }
           continue;
         }
+        if (this.state === 'stored' && this.payloadHave === 0 && this.lend && chunk.length - pos >= this.payloadNeed) {
+          // A stored block whole in this chunk: lent as it lies.
+          const view = Buffer.from(chunk.buffer, chunk.byteOffset + pos, this.payloadNeed);
+          pos += this.payloadNeed;
+          this.consumed += this.payloadNeed;
+          const out = this.finishBlock(view);
+          if (out) yield out;
+          continue;
+        }
+        if (this.state === 'stored' && this.payload.length < this.payloadNeed) this.payload = Buffer.allocUnsafeSlow(this.payloadNeed);
         const take = Math.min(this.payloadNeed - this.payloadHave, chunk.length - pos);
         this.payload.set(chunk.subarray(pos, pos + take), this.payloadBase + this.payloadHave);
         this.payloadHave += take;
@@ -159,7 +192,7 @@ export class AppleLz4Parser {
     this.limit(size);
     if (magic === MAGIC.stored) {
       this.state = 'stored';
-      this.payload = Buffer.allocUnsafeSlow(size);
+      this.payload = NO_BYTES; // allocated when its first bytes are copied (not at all if lent)
       this.payloadBase = 0;
       this.payloadNeed = size;
     } else {
@@ -194,18 +227,26 @@ export class AppleLz4Parser {
     }
   }
 
-  /** The payload is complete: decode it, remember it as history, and start the next header. */
-  private finishBlock(): Buffer | undefined {
+  /**
+   * The payload is complete (or lent whole, `stored`): decode it, remember it as history, and start the
+   * next header.
+   */
+  private finishBlock(stored?: Buffer): Buffer | undefined {
     let out: Buffer;
+    let zero = false;
     if (this.state === 'stored') {
-      out = this.payload;
+      out = stored ?? this.payload.subarray(0, this.payloadNeed);
     } else {
-      const framed = this.scratch.subarray(0, 4 + this.payloadNeed);
-      out = decodeBlock(framed, this.history.view(), this.decodedSize, this.blockStart);
+      const block = this.scratch.subarray(4, 4 + this.payloadNeed);
+      zero = decodesToZeros(block, this.decodedSize, this.zeroTail);
+      out = zero
+        ? zeros(this.decodedSize, this.lend)
+        : decodeBlock(this.scratch.subarray(0, 4 + this.payloadNeed), this.history.view(), this.decodedSize, this.blockStart);
     }
     this.history.append(out);
+    this.zeroTail = zero ? Math.min(WINDOW_SIZE, this.zeroTail + out.length) : 0;
     this.produced += out.length;
-    this.payload = Buffer.alloc(0);
+    this.payload = NO_BYTES;
     this.state = 'header';
     this.headerHave = 0;
     this.headerNeed = HEADER_SIZE.end;

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AppleLz4Error, AppleLz4Parser, encodeAppleLz4 } from '../../../src/images/lz4/apple-lz4.ts';
+import { decodeBlock, decodesToZeros } from '../../../src/images/lz4/block.ts';
 import { rng } from '../helpers/rng.ts';
 
 const TIME_BUDGET_MS = 4000;
@@ -118,4 +119,39 @@ test('every prefix of a multi-block stream is refused as truncated, never decode
     const result = attempt(stream.subarray(0, n), r);
     assert.ok(result instanceof AppleLz4Error && result.reason === 'truncated', `prefix ${n}: ${String(result)}`);
   }
+});
+
+test('a block seen as all zeros without decoding decodes to zeros (random, mostly-zero blocks)', () => {
+  const r = rng(4242);
+  const started = Date.now();
+  let zeros = 0;
+  for (let i = 0; i < 20_000 && Date.now() - started < TIME_BUDGET_MS; i++) {
+    const history = Math.floor(r() * 3) * 500; // zero bytes before the block
+    const parts: number[] = [];
+    let out = 0;
+    const len = (n: number): number[] => (n < 15 ? [] : [...new Array<number>(Math.floor((n - 15) / 255)).fill(255), (n - 15) % 255]);
+    for (let s = 0, n = 1 + Math.floor(r() * 4); s < n; s++) {
+      const lit = Math.floor(r() * 20);
+      const last = s === n - 1 && r() < 0.9;
+      const match = 4 + Math.floor(r() * 300);
+      const token = (Math.min(lit, 15) << 4) | (last ? 0 : Math.min(match - 4, 15));
+      parts.push(token, ...len(lit));
+      for (let k = 0; k < lit; k++) parts.push(r() < 0.03 ? 1 + Math.floor(r() * 255) : 0);
+      out += lit;
+      if (last) break;
+      const offset = Math.floor(r() * (out + history + 3));
+      parts.push(offset & 0xff, offset >> 8, ...(match - 4 >= 15 ? len(match - 4) : []));
+      out += match;
+    }
+    const block = Buffer.from(parts);
+    if (r() < 0.1) block[Math.floor(r() * block.length)]! ^= 1 << Math.floor(r() * 8);
+    const size = out + (r() < 0.05 ? 1 : 0);
+    if (!decodesToZeros(block, size, history)) continue;
+    zeros++;
+    const framed = Buffer.concat([Buffer.alloc(4), block]);
+    framed.writeUInt32LE(size, 0);
+    const decoded = decodeBlock(framed, Buffer.alloc(history), size, 0);
+    assert.ok(decoded.every((b) => b === 0), `block ${block.toString('hex')} decoded to non-zero bytes`);
+  }
+  assert.ok(zeros > 100, `only ${zeros} blocks were seen as zeros`);
 });

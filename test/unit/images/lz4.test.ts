@@ -11,6 +11,7 @@ import {
   encodeBlocks,
   type AppleLz4Reason,
 } from '../../../src/images/lz4/apple-lz4.ts';
+import { decodesToZeros, encodeBlock } from '../../../src/images/lz4/block.ts';
 import { rng } from '../helpers/rng.ts';
 
 // --- building streams by hand -------------------------------------------------------------------
@@ -363,4 +364,66 @@ test('blocks() yields block by block, and refuses to interleave with another pus
   assert.throws(() => parser.push(END), /finish the previous blocks\(\) generator/);
   assert.equal([...gen].length, 2);
   parser.end();
+});
+
+// --- all-zero blocks and lent output ---------------------------------------------------------------
+
+test('an all-zero LZ4 block is recognised from its sequences, and nothing else is', () => {
+  const zeros = (n: number) => Buffer.alloc(n);
+  // What an encoder writes for 64 KiB of zeros: one zero literal, a long overlapping match, zero literals.
+  const block = Buffer.concat([seq(zeros(1), { offset: 1, length: 65530 }), seq(zeros(5))]);
+  assert.equal(decodesToZeros(block, 65536, 0), true);
+  assert.equal(decodesToZeros(encodeBlock(zeros(65536)), 65536, 0), true, "lz4-napi's own encoding of zeros");
+  assert.equal(decodesToZeros(block, 65535, 0), false, 'another size than the header says');
+  assert.equal(decodesToZeros(Buffer.concat([seq(zeros(1), { offset: 1, length: 65530 }), seq(Buffer.from([0, 0, 1, 0, 0]))]), 65536, 0), false, 'a non-zero literal');
+  assert.equal(decodesToZeros(encodeBlock(textData(65536, 9)), 65536, 0), false);
+  // A match that reaches into the history: zeros only where the history is known to be zeros.
+  const fromHistory = Buffer.concat([seq('', { offset: 65536 - 1, length: 65531 }), seq(zeros(5))]);
+  assert.equal(decodesToZeros(fromHistory, 65536, 0), false);
+  assert.equal(decodesToZeros(fromHistory, 65536, 65535), true);
+  // Malformed: cut in a length, in a literal run or in an offset; ends with a match; offset 0; empty.
+  for (const cut of [1, 3, block.length - 3]) assert.equal(decodesToZeros(block.subarray(0, cut), 65536, 0), false, `cut at ${cut}`);
+  assert.equal(decodesToZeros(seq(zeros(1), { offset: 1, length: 65535 }), 65536, 0), false, 'ends with a match');
+  assert.equal(decodesToZeros(Buffer.concat([seq(zeros(1), { offset: 0, length: 65530 }), seq(zeros(5))]), 65536, 0), false);
+  assert.equal(decodesToZeros(Buffer.alloc(0), 0, 0), false);
+});
+
+test('a zero-looking block whose match reads non-zero history decodes to that history', () => {
+  const first = randomData(65536, 21);
+  // Zero literal, then a match from the previous block's bytes: not zeros.
+  const second = Buffer.concat([seq(Buffer.alloc(1), { offset: 65535, length: 100 }), seq(Buffer.alloc(5))]);
+  for (const lend of [false, true]) {
+    const parser = new AppleLz4Parser({ lend });
+    const out = Buffer.concat(parser.push(Buffer.concat([bv4s(first), bv41(106, second), END])));
+    assert.deepEqual(out.subarray(65536), Buffer.concat([Buffer.alloc(1), first.subarray(2, 102), Buffer.alloc(5)]));
+  }
+  // After a zero block, a match into it is zeros, and is recognised as such (lent: the shared zeros).
+  const zeroBlock = encodeBlock(Buffer.alloc(65536));
+  const third = Buffer.concat([seq('', { offset: 65535, length: 1000 }), seq(Buffer.alloc(5))]);
+  const parser = new AppleLz4Parser({ lend: true });
+  const blocks = parser.push(Buffer.concat([bv41(65536, zeroBlock), bv41(1005, third), END]));
+  assert.deepEqual(blocks.map((b) => b.length), [65536, 1005]);
+  assert.ok(blocks.every((b) => b.every((x) => x === 0)));
+  assert.equal(blocks[0]!.buffer, blocks[1]!.buffer, 'both lent from the one zero buffer');
+});
+
+test('lent output: a stored block is a view of the pushed bytes, and decodes the same as owned output', () => {
+  const data = mixedData(300_000, 31);
+  const stream = encodeAppleLz4(data);
+  const lent = new AppleLz4Parser({ lend: true });
+  const pieces: Buffer[] = [];
+  // Whole blocks in one push are lent; blocks split across pushes are assembled (and owned).
+  for (const piece of [stream.subarray(0, 100_000), stream.subarray(100_000)]) {
+    for (const b of lent.blocks(piece)) pieces.push(Buffer.from(b)); // copied, as a lender's caller must
+  }
+  lent.end();
+  assert.deepEqual(Buffer.concat(pieces), data);
+  // The stored (random) blocks are views of the stream, not copies.
+  const input = Buffer.from(encodeAppleLz4(randomData(70_000, 32)));
+  const [block] = new AppleLz4Parser({ lend: true }).push(input);
+  assert.equal(block!.buffer, input.buffer);
+  const [owned] = new AppleLz4Parser().push(input);
+  assert.notEqual(owned!.buffer, input.buffer);
+  input.fill(7);
+  assert.notEqual(owned![0], 7, 'owned output does not change with the input');
 });
