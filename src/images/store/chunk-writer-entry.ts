@@ -57,7 +57,7 @@ async function handle(msg: ChunkToWorker): Promise<void> {
           id: msg.id,
           sink,
           runs: new RunWriter(sink, msg.offset, msg.sparse),
-          parser: new AppleLz4Parser(),
+          parser: new AppleLz4Parser({ lend: true }), // blocks are hashed and copied into a stage at once
           tracker: new DigestTracker(msg.expect),
         };
         return;
@@ -66,14 +66,15 @@ async function handle(msg: ChunkToWorker): Promise<void> {
         if (!job || job.id !== msg.id) return;
         const before = job.runs.pushed;
         const j = job;
-        for (const block of j.parser.blocks(new Uint8Array(msg.chunk))) {
+        for (const block of j.parser.blocks(new Uint8Array(msg.chunk, 0, msg.length))) {
           j.tracker.update(block);
           // Room for every stage this block can fill, plus the one it starts.
           const need = Math.min(STAGES, Math.ceil(block.length / STAGE_BYTES) + 1);
           if (j.sink.freeStages < need) await j.sink.available(need);
           j.runs.push(block);
         }
-        send({ type: 'consumed', id: msg.id, bytes: msg.chunk.byteLength, decoded: j.runs.pushed - before });
+        // The parser, the hash and the stage copy what they keep: the buffer goes back to be refilled.
+        port!.postMessage({ type: 'consumed', id: msg.id, bytes: msg.length, decoded: j.runs.pushed - before, chunk: msg.chunk } satisfies ChunkFromWorker, [msg.chunk]);
         return;
       }
       case 'end': {

@@ -4,10 +4,12 @@ import type { WireError } from '../lz4/protocol.ts';
 
 export type ChunkToWorker =
   | { type: 'start'; id: number; file: string; offset: number; sparse: boolean; direct: boolean; expect: DecodeExpectation }
-  | { type: 'data'; id: number; chunk: ArrayBuffer }
+  /** `chunk` holds `length` compressed bytes (from its start); it comes back with 'consumed'. */
+  | { type: 'data'; id: number; chunk: ArrayBuffer; length: number }
   | { type: 'end'; id: number };
 
 export type ChunkFromWorker =
-  | { type: 'consumed'; id: number; bytes: number; decoded: number }
+  /** `chunk` is the buffer of the 'data' message consumed, handed back to be filled again. */
+  | { type: 'consumed'; id: number; bytes: number; decoded: number; chunk: ArrayBuffer }
   | { type: 'done'; id: number; digest: string; size: number; written: number }
   | { type: 'error'; id: number; error: WireError };

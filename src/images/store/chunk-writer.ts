@@ -37,11 +37,17 @@ export interface ChunkResult {
 }
 
 let nextId = 1;
+/** Default size of the pieces sent to a worker. */
+const DEFAULT_BATCH = 256 * 1024;
+/** Spare pieces kept by a pool: enough for the pieces in flight of a few jobs. */
+const SPARE_MAX = 64;
 
 export class ChunkWriterPool {
   private readonly idle: Worker[] = [];
   private readonly all = new Set<Worker>();
   private readonly waiting: Array<(w: Worker) => void> = [];
+  /** Pieces the workers handed back, refilled by the next job: no allocation (and no GC) per piece. */
+  private readonly spare: ArrayBuffer[] = [];
 
   constructor(private readonly size = 2) {}
 
@@ -50,7 +56,7 @@ export class ChunkWriterPool {
     const id = nextId++;
     let healthy = false;
     try {
-      const result = await runJob(worker, id, job);
+      const result = await runJob(worker, id, job, this.spare);
       healthy = true;
       return result;
     } finally {
@@ -92,8 +98,9 @@ export class ChunkWriterPool {
   }
 }
 
-function runJob(worker: Worker, id: number, job: ChunkJob): Promise<ChunkResult> {
+function runJob(worker: Worker, id: number, job: ChunkJob, spare: ArrayBuffer[]): Promise<ChunkResult> {
   const maxInFlight = job.maxInFlight ?? 4 * 1024 * 1024;
+  const batch = Math.max(1, job.batchBytes ?? DEFAULT_BATCH);
   return new Promise<ChunkResult>((resolve, reject) => {
     let inFlight = 0;
     let decoded = 0;
@@ -111,6 +118,7 @@ function runJob(worker: Worker, id: number, job: ChunkJob): Promise<ChunkResult>
     const onMessage = (msg: ChunkFromWorker) => {
       if (msg.id !== id) return;
       if (msg.type === 'consumed') {
+        if (msg.chunk.byteLength === batch && spare.length < SPARE_MAX) spare.push(msg.chunk);
         inFlight -= msg.bytes;
         decoded += msg.decoded;
         job.onProgress?.(decoded);
@@ -127,17 +135,19 @@ function runJob(worker: Worker, id: number, job: ChunkJob): Promise<ChunkResult>
     worker.on('exit', onExit);
     const send = (msg: ChunkToWorker, transfer?: ArrayBuffer[]) => worker.postMessage(msg, transfer);
     send({ type: 'start', id, file: job.file, offset: job.offset, sparse: job.sparse, direct: job.direct ?? true, expect: job.expect });
-    const batch = Math.max(1, job.batchBytes ?? 256 * 1024);
     void (async () => {
-      // Network buffers are slices of memory undici reuses: they are copied into pieces the worker can own,
-      // which is also where small reads are gathered into one message.
-      let piece = new Uint8Array(new ArrayBuffer(batch));
+      // Network buffers are slices of memory undici reuses: they are copied into pieces the worker can own
+      // (and hands back, to be filled again), which is also where small reads are gathered into one message.
+      const nextPiece = () => {
+        const ab = spare.pop();
+        return new Uint8Array(ab?.byteLength === batch ? ab : new ArrayBuffer(batch));
+      };
+      let piece = nextPiece();
       let fill = 0;
       const post = async (): Promise<void> => {
-        const ab = fill === piece.byteLength ? piece.buffer : piece.buffer.slice(0, fill);
         inFlight += fill;
-        send({ type: 'data', id, chunk: ab }, [ab]);
-        piece = new Uint8Array(new ArrayBuffer(batch));
+        send({ type: 'data', id, chunk: piece.buffer, length: fill }, [piece.buffer]);
+        piece = nextPiece();
         fill = 0;
         if (inFlight >= maxInFlight) await new Promise<void>((r) => (wake = r));
       };
