@@ -218,20 +218,34 @@ export class ImageStore {
     return removed;
   }
 
-  /** A finished disk chunk with this uncompressed digest in any complete image: its file and offset. */
+  /**
+   * A finished disk chunk with this uncompressed digest in any complete image: its file and offset. Each
+   * image's chunks are read from its manifest once and kept (an image's content never changes); the
+   * listing of images is read on every call, so a removed image is never offered.
+   */
   async findChunk(uncompressedDigest: string): Promise<{ file: string; offset: number; size: number } | undefined> {
-    for (const digest of await this.digests()) {
-      const dir = this.imageDir(digest);
-      try {
-        const manifest = JSON.parse(await readFile(path.join(dir, MANIFEST_FILE), 'utf8')) as ImageManifest;
-        const chunk = vmImageLayout(manifest, digest).chunks.find((c) => c.digest === uncompressedDigest);
-        if (chunk) return { file: path.join(dir, DISK_FILE), offset: chunk.offset, size: chunk.size };
-      } catch {
-        // not a readable image: skip it
+    const digests = await this.digests();
+    const present = new Set(digests);
+    for (const known of this.chunkIndex.keys()) if (!present.has(known)) this.chunkIndex.delete(known);
+    for (const digest of digests) {
+      let chunks = this.chunkIndex.get(digest);
+      if (!chunks) {
+        try {
+          const manifest = JSON.parse(await readFile(path.join(this.imageDir(digest), MANIFEST_FILE), 'utf8')) as ImageManifest;
+          chunks = new Map(vmImageLayout(manifest, digest).chunks.map((c) => [c.digest, { offset: c.offset, size: c.size }]));
+        } catch {
+          continue; // not a readable image: skipped, and read again next time
+        }
+        this.chunkIndex.set(digest, chunks);
       }
+      const chunk = chunks.get(uncompressedDigest);
+      if (chunk) return { file: path.join(this.imageDir(digest), DISK_FILE), ...chunk };
     }
     return undefined;
   }
+
+  /** Image digest -> its chunks by uncompressed digest (see findChunk). */
+  private readonly chunkIndex = new Map<string, Map<string, { offset: number; size: number }>>();
 
   private async digests(): Promise<string[]> {
     const entries = await readdir(path.join(this.root, 'images')).catch(() => []);

@@ -75,6 +75,8 @@ test('an imported image is listed, found by name, digest prefix or chunk, and pr
   await store.acquire(b.digest, 'vm-1');
   const removed = await store.prune(0);
   assert.deepEqual(removed.map((i) => i.digest), [a.digest], 'the image in use stays');
+  assert.equal(await store.findChunk(a.layout.chunks[1]!.digest), undefined, 'a removed image is no source of chunks');
+  assert.equal((await store.findChunk(b.layout.chunks[0]!.digest))?.file, path.join(store.imageDir(b.digest), 'disk.img'));
   await assert.rejects(store.remove(b.digest), /in use by a VM/);
   await store.release(b.digest, 'vm-1');
   await store.remove(b.digest);
