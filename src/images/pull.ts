@@ -1,7 +1,7 @@
 // Pulling a VM image into the store: resolve the reference, read the manifest as a VM image, then fill
 // the disk file chunk by chunk — each chunk either copied from an image already in the store that has a
-// chunk with the same uncompressed digest, or downloaded (verified while streaming, resumed with Range)
-// and decompressed on worker threads while the next bytes arrive. Every chunk is checked against its
+// chunk with the same uncompressed digest, or downloaded (resumed with Range) and verified and
+// decompressed on worker threads while the next bytes arrive. Every chunk is checked against its
 // uncompressed digest before it counts as done; state.json records finished chunks so that a pull killed
 // at any moment resumes where it stopped; the image appears under its digest only once complete.
 import { createHash } from 'node:crypto';
@@ -24,7 +24,8 @@ import {
   type ImageStore,
   type StoredImage,
 } from './store/image-store.ts';
-import { ChunkWriterPool } from './store/chunk-writer.ts';
+import { BlobDigestMismatch, ChunkWriterPool } from './store/chunk-writer.ts';
+import { checkBlobDigest } from './registry/blobs.ts';
 import { SparseFile } from './store/sparse-file.ts';
 import { validChunks } from './store/verify.ts';
 import { bootId } from '../host/facts.ts';
@@ -213,13 +214,20 @@ async function downloadChunk(
   sparse: boolean,
   onBytes: (uncompressed: number) => void,
 ): Promise<void> {
-  const compressed = opts.registry.downloadBlob(ref, chunk.descriptor, { signal: opts.signal });
   if (chunk.encoding === 'apple-lz4') {
-    // Decoded, hashed and written on a worker thread; the compressed digest is checked by the download,
-    // the uncompressed digest by the worker, and both must pass for the chunk to count.
-    await writers.write({ file, offset: chunk.offset, sparse, direct: opts.store.options.directIo ?? true, expect: { size: chunk.size, digest: chunk.digest }, source: compressed, onProgress: onBytes });
+    // Hashed, decoded, hashed again and written on a worker thread: both digests are checked there, the
+    // compressed one first, and both must pass for the chunk to count. The download's thread only
+    // receives and hands on (it was the busiest thread of a pull while it hashed too).
+    const compressed = opts.registry.downloadBlob(ref, chunk.descriptor, { signal: opts.signal, verify: false });
+    try {
+      await writers.write({ file, offset: chunk.offset, sparse, direct: opts.store.options.directIo ?? true, expect: { size: chunk.size, digest: chunk.digest }, blobDigest: chunk.descriptor.digest, source: compressed, onProgress: onBytes });
+    } catch (err) {
+      if (err instanceof BlobDigestMismatch) checkBlobDigest(ref, chunk.descriptor, err.actual);
+      throw err;
+    }
     return;
   }
+  const compressed = opts.registry.downloadBlob(ref, chunk.descriptor, { signal: opts.signal });
   let position = chunk.offset;
   // Agoda's gzip disk: zlib inflates on libuv's thread pool, so it too runs beside the download.
   const gunzip = createGunzip();

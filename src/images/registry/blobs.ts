@@ -22,6 +22,12 @@ export interface DownloadOptions {
    */
   offset?: number;
   hash?: Hash;
+  /**
+   * Check the digest here (default true). False: the caller hashes every byte yielded itself (the chunk
+   * writers do, on their own thread, so the download's thread does not) and must check the result with
+   * checkBlobDigest before it trusts them; the size, retries and resuming are still done here.
+   */
+  verify?: boolean;
   /** Called with the number of bytes received so far (offset included) after each chunk. */
   onProgress?: (bytes: number) => void;
   signal?: AbortSignal;
@@ -54,14 +60,15 @@ export async function headBlob(session: Session, ref: ImageRef, digest: string, 
  */
 export async function* downloadBlob(session: Session, ref: ImageRef, blob: BlobInfo, opts: DownloadOptions = {}): AsyncGenerator<Buffer, void, undefined> {
   const context: ErrorContext = { operation: 'pull', image: ref.toString(), digest: blob.digest };
-  const fail = (reason: 'SizeMismatch' | 'DigestMismatch' | 'BadResponse' | 'Unsupported', detail: string, retryable = false): RegistryError =>
+  const fail = (reason: 'SizeMismatch' | 'BadResponse' | 'Unsupported', detail: string, retryable = false): RegistryError =>
     new RegistryError({ reason, detail, context, retryable });
   const algorithm = parseDigest(blob.digest)?.algorithm;
   if (!algorithm) throw fail('Unsupported', `cannot verify digest ${blob.digest}`);
   let offset = opts.offset ?? 0;
-  if (offset > 0 && !opts.hash) throw new TypeError('downloadBlob: resuming at an offset needs the hash of the bytes before it');
+  const verify = opts.verify ?? true;
+  if (offset > 0 && verify && !opts.hash) throw new TypeError('downloadBlob: resuming at an offset needs the hash of the bytes before it');
   if (offset > blob.size) throw fail('SizeMismatch', `resume offset ${offset} is past the blob's size ${blob.size}`);
-  const hash = opts.hash ?? hashFor(blob.digest);
+  const hash = verify ? (opts.hash ?? hashFor(blob.digest)) : undefined;
   const retry = new RetryState(session.retryPolicy);
   const stallMs = session.transport.stallTimeoutMs;
   while (offset < blob.size) {
@@ -100,7 +107,7 @@ export async function* downloadBlob(session: Session, ref: ImageRef, blob: BlobI
           skip = 0;
         }
         if (offset + piece.length > blob.size) throw fail('SizeMismatch', `the registry sent more than the descriptor's ${blob.size} bytes`);
-        hash.update(piece);
+        hash?.update(piece);
         offset += piece.length;
         retry.progressed();
         opts.onProgress?.(offset);
@@ -114,8 +121,17 @@ export async function* downloadBlob(session: Session, ref: ImageRef, blob: BlobI
       );
     }
   }
-  const got = `${algorithm}:${hash.digest('hex')}`;
-  if (got !== blob.digest) throw fail('DigestMismatch', `content has digest ${got} (${blob.size} bytes received)`);
+  if (hash) checkBlobDigest(ref, blob, `${algorithm}:${hash.digest('hex')}`);
+}
+
+/** Throws DigestMismatch, naming image and blob, when `got` (all of the blob's bytes hashed) is not its digest. */
+export function checkBlobDigest(ref: ImageRef, blob: BlobInfo, got: string): void {
+  if (got === blob.digest) return;
+  throw new RegistryError({
+    reason: 'DigestMismatch',
+    detail: `content has digest ${got} (${blob.size} bytes received)`,
+    context: { operation: 'pull', image: ref.toString(), digest: blob.digest },
+  });
 }
 
 /**

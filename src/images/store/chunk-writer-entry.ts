@@ -2,10 +2,12 @@
 // hashes what it decodes, and writes it straight into the disk file at the chunk's offset: RunWriter
 // gathers it into runs of up to 1 MiB without the zero windows, DiskSink writes them (O_DIRECT on Linux).
 // Decoded bytes never cross back to the main thread, which only downloads and feeds.
+import type { Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { DigestTracker } from '../lz4/digest.ts';
 import { AppleLz4Parser } from '../lz4/parser.ts';
 import { toWire } from '../lz4/protocol.ts';
+import { hashFor } from '../registry/digest.ts';
 import type { ChunkFromWorker, ChunkToWorker } from './chunk-writer-protocol.ts';
 import { alignedArena, DiskSink } from './direct-sink.ts';
 import { RunWriter } from './run-writer.ts';
@@ -26,6 +28,8 @@ interface Job {
   runs: RunWriter;
   parser: AppleLz4Parser;
   tracker: DigestTracker;
+  /** The compressed bytes' hash, when the job checks the blob's digest (see ChunkJob.blobDigest). */
+  blob?: { hash: Hash; digest: string };
 }
 
 let job: Job | undefined;
@@ -59,6 +63,7 @@ async function handle(msg: ChunkToWorker): Promise<void> {
           runs: new RunWriter(sink, msg.offset, msg.sparse),
           parser: new AppleLz4Parser({ lend: true }), // blocks are hashed and copied into a stage at once
           tracker: new DigestTracker(msg.expect),
+          blob: msg.blobDigest === undefined ? undefined : { hash: hashFor(msg.blobDigest), digest: msg.blobDigest },
         };
         return;
       }
@@ -66,7 +71,9 @@ async function handle(msg: ChunkToWorker): Promise<void> {
         if (!job || job.id !== msg.id) return;
         const before = job.runs.pushed;
         const j = job;
-        for (const block of j.parser.blocks(new Uint8Array(msg.chunk, 0, msg.length))) {
+        const bytes = new Uint8Array(msg.chunk, 0, msg.length);
+        j.blob?.hash.update(bytes);
+        for (const block of j.parser.blocks(bytes)) {
           j.tracker.update(block);
           // Room for every stage this block can fill, plus the one it starts.
           const need = Math.min(STAGES, Math.ceil(block.length / STAGE_BYTES) + 1);
@@ -80,6 +87,14 @@ async function handle(msg: ChunkToWorker): Promise<void> {
       case 'end': {
         if (!job || job.id !== msg.id) return;
         const j = job;
+        // The blob's own digest first: bytes that are not the blob explain any decoding error after them.
+        const blob = j.blob && `${j.blob.digest.slice(0, j.blob.digest.indexOf(':'))}:${j.blob.hash.digest('hex')}`;
+        if (blob !== undefined && blob !== j.blob!.digest) {
+          job = undefined;
+          await j.sink.close();
+          send({ type: 'blob-mismatch', id: msg.id, digest: blob });
+          return;
+        }
         j.parser.end();
         const result = j.tracker.finish();
         j.runs.end(); // writes the stage it holds: needs no other

@@ -17,6 +17,11 @@ export interface ChunkJob {
   /** Write with O_DIRECT where the system allows (default true). */
   direct?: boolean;
   expect: Required<DecodeExpectation>;
+  /**
+   * The compressed blob's digest: the worker hashes the compressed bytes as it decodes them (so the
+   * downloading thread need not), and the job fails with BlobDigestMismatch if they are not the blob.
+   */
+  blobDigest?: string;
   /** Compressed bytes of the chunk, as they arrive. */
   source: AsyncIterable<Uint8Array>;
   /** Decoded bytes so far. */
@@ -34,6 +39,14 @@ export interface ChunkResult {
   size: number;
   /** Bytes actually written (zero runs skipped). */
   written: number;
+}
+
+/** The compressed bytes of a job were not its blob (ChunkJob.blobDigest): `actual` is their digest. */
+export class BlobDigestMismatch extends Error {
+  override name = 'BlobDigestMismatch';
+  constructor(readonly actual: string) {
+    super(`the compressed bytes have digest ${actual}`);
+  }
 }
 
 let nextId = 1;
@@ -128,13 +141,14 @@ function runJob(worker: Worker, id: number, job: ChunkJob, spare: ArrayBuffer[])
           w?.();
         }
       } else if (msg.type === 'done') finish(undefined, { digest: msg.digest, size: msg.size, written: msg.written });
+      else if (msg.type === 'blob-mismatch') finish(new BlobDigestMismatch(msg.digest));
       else finish(fromWire(msg.error));
     };
     const onExit = (code: number) => finish(new Error(`chunk writer thread exited (code ${code})`));
     worker.on('message', onMessage);
     worker.on('exit', onExit);
     const send = (msg: ChunkToWorker, transfer?: ArrayBuffer[]) => worker.postMessage(msg, transfer);
-    send({ type: 'start', id, file: job.file, offset: job.offset, sparse: job.sparse, direct: job.direct ?? true, expect: job.expect });
+    send({ type: 'start', id, file: job.file, offset: job.offset, sparse: job.sparse, direct: job.direct ?? true, expect: job.expect, blobDigest: job.blobDigest });
     void (async () => {
       // Network buffers are slices of memory undici reuses: they are copied into pieces the worker can own
       // (and hands back, to be filled again), which is also where small reads are gathered into one message.
