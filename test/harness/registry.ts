@@ -33,6 +33,8 @@ export interface Registry {
   password?: string;
   dir: string;
   logFile: string;
+  /** The docker-registry process (for benchmarks that count its CPU time). */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -101,6 +103,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       password: opts.auth?.password,
       dir,
       logFile,
+      pid: proc.pid,
       stop: async () => {
         await stopProcess(proc);
         await removeFixtureDir(dir);
