@@ -6,6 +6,7 @@
 // at any moment resumes where it stopped; the image appears under its digest only once complete.
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, statfs, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { createGunzip, gunzipSync } from 'node:zlib';
 import type { Logger } from 'pino';
@@ -44,9 +45,9 @@ export interface PullOptions {
   registry: RegistryClient;
   image: string;
   platform?: Platform;
-  /** Threads that decode and write disk chunks; default: a pool of 2 for this pull. */
+  /** Threads that decode and write disk chunks; default: a pool of defaultWriters() for this pull. */
   writers?: ChunkWriterPool;
-  /** Chunks fetched at once (default 3: network and two decode workers stay busy on 2 cores). */
+  /** Chunks fetched at once (default: one more than the writer threads, so that none waits for a download). */
   concurrency?: number;
   onProgress?: (p: PullProgress) => void;
   signal?: AbortSignal;
@@ -80,6 +81,15 @@ interface PullState {
   done: number[];
   /** Chunks a previous attempt wrote into: rewritten whole (zeros included) on retry. */
   touched: number[];
+}
+
+/**
+ * Writer threads of a pull: one per core, at least 2 (a pull's decoding and hashing is where its CPU
+ * goes) and at most 4 (each thread adds its own memory: the 300 MB bound in BENCHMARKS.md is measured
+ * with 2). On this project's 2-core machines that is 2; larger Macs get more, not measurable here.
+ */
+export function defaultWriters(): number {
+  return Math.max(2, Math.min(4, availableParallelism()));
 }
 
 // Two pulls of one image in this process share one download.
@@ -142,7 +152,7 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
     opts.onProgress?.({ layer: 'image', phase: 'downloading', bytes: [...progress.values()].reduce((a, b) => a + b, 0), total });
   };
 
-  const ownPool = opts.writers ? undefined : new ChunkWriterPool(2);
+  const ownPool = opts.writers ? undefined : new ChunkWriterPool(defaultWriters());
   const writers = opts.writers ?? ownPool!;
   const disk = await SparseFile.open(path.join(dir, DISK_FILE), layout.diskSize);
   let downloaded = 0;
@@ -165,7 +175,7 @@ async function fillImage(opts: PullOptions, ref: ImageRef, digest: string, manif
     const todo = layout.chunks.filter((c) => !state.done.includes(c.index));
     for (const c of layout.chunks) if (state.done.includes(c.index)) report(c.index, 'done', c.size, c.size);
     const queue = [...todo];
-    const workers = Array.from({ length: Math.min(opts.concurrency ?? 3, queue.length) }, async () => {
+    const workers = Array.from({ length: Math.min(opts.concurrency ?? writers.size + 1, queue.length) }, async () => {
       for (let chunk = queue.shift(); chunk; chunk = queue.shift()) {
         signal?.throwIfAborted();
         const sparse = !state.touched.includes(chunk.index);

@@ -62,7 +62,7 @@ export class ChunkWriterPool {
   /** Pieces the workers handed back, refilled by the next job: no allocation (and no GC) per piece. */
   private readonly spare: ArrayBuffer[] = [];
 
-  constructor(private readonly size = 2) {}
+  constructor(readonly size = 2) {}
 
   async write(job: ChunkJob): Promise<ChunkResult> {
     const worker = await this.acquire();
