@@ -6,7 +6,7 @@ import type { V1Pod, V1PodList } from '@kubernetes/client-node';
 import type { Command } from 'commander';
 import http from 'node:http';
 import path from 'node:path';
-import { WebSocket, type RawData } from 'ws';
+import type { RawData } from 'ws';
 import { defaultCacheDir } from '../config/schema.ts';
 
 /** The local API cannot be reached or refused the request; the message is one line for the user. */
@@ -175,6 +175,7 @@ async function exec(socket: string, pod: V1Pod, container: string, command: stri
   if (!o.tty) q.set('error', '1');
   if (o.stdin) q.set('input', '1');
   if (o.tty) q.set('tty', '1');
+  const { WebSocket } = await import('ws'); // only `vmlet local exec` needs it
   const ws = new WebSocket(`ws+unix://${socket}:/exec/${enc(pod)}/${encodeURIComponent(container)}?${q.toString()}`, ['v5.channel.k8s.io']);
   const send = (channel: number, data: Buffer | string) => {
     const payload = typeof data === 'string' ? Buffer.from(data) : data;

@@ -6,11 +6,8 @@ import type { Command } from 'commander';
 import path from 'node:path';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { PortForward, ShareSpec } from '../drivers/hypervisor.ts';
-import { QemuDriver } from '../drivers/qemu/index.ts';
-import { loadSshCredentials } from '../agent/ssh/credentials.ts';
-import { pullImage } from '../images/pull.ts';
 import type { StoredImage } from '../images/store/image-store.ts';
-import { VmInstance } from '../runtime/vm-instance.ts';
+import type { VmInstance } from '../runtime/vm-instance.ts';
 import { isUserFacing } from './errors.ts';
 import { open, quantity, storeOptions, type CommonFlags } from './image.ts';
 import { createProgress } from './progress.ts';
@@ -100,6 +97,13 @@ async function runVm(ref: string, argv: string[], flags: RunFlags): Promise<numb
 
   const sshPassword = flags.sshPassword ?? process.env.VMLET_SSH_PASSWORD;
   if ((sshPassword || flags.sshKey) && !flags.sshUser) throw new ConfigError('--ssh-password and --ssh-key need --ssh-user');
+  // The VM runtime (QEMU driver, SSH, agent client) is loaded here, not by every `vmlet` command.
+  const [{ QemuDriver }, { loadSshCredentials }, { pullImage }, { VmInstance }] = await Promise.all([
+    import('../drivers/qemu/index.ts'),
+    import('../agent/ssh/credentials.ts'),
+    import('../images/pull.ts'),
+    import('../runtime/vm-instance.ts'),
+  ]);
   const ssh = flags.sshUser
     ? { credentials: await loadSshCredentials({ username: flags.sshUser, ...(sshPassword ? { password: sshPassword } : {}), ...(flags.sshKey ? { privateKeyFile: flags.sshKey } : {}) }).catch((err: Error) => {
       throw new ConfigError(err.message);
