@@ -1,5 +1,5 @@
 // The chunk-writer thread (started by chunk-writer.ts): decodes one Apple LZ4 disk chunk at a time,
-// hashes what it decodes, and writes it straight into the disk file at the chunk's offset: RunWriter
+// hashes what it receives (the blob's digest) and what it decodes, and writes it straight into the disk file at the chunk's offset: RunWriter
 // gathers it into runs of up to 1 MiB without the zero windows, DiskSink writes them (O_DIRECT on Linux).
 // Decoded bytes never cross back to the main thread, which only downloads and feeds.
 import type { Hash } from 'node:crypto';
@@ -7,7 +7,7 @@ import { parentPort } from 'node:worker_threads';
 import { DigestTracker } from '../lz4/digest.ts';
 import { AppleLz4Parser } from '../lz4/parser.ts';
 import { toWire } from '../lz4/protocol.ts';
-import { hashFor } from '../registry/digest.ts';
+import { hashFor, parseDigest } from '../registry/digest.ts';
 import type { ChunkFromWorker, ChunkToWorker } from './chunk-writer-protocol.ts';
 import { alignedArena, DiskSink } from './direct-sink.ts';
 import { RunWriter } from './run-writer.ts';
@@ -29,7 +29,7 @@ interface Job {
   parser: AppleLz4Parser;
   tracker: DigestTracker;
   /** The compressed bytes' hash, when the job checks the blob's digest (see ChunkJob.blobDigest). */
-  blob?: { hash: Hash; digest: string };
+  blob?: { hash: Hash; digest: string; algorithm: string };
 }
 
 let job: Job | undefined;
@@ -63,7 +63,8 @@ async function handle(msg: ChunkToWorker): Promise<void> {
           runs: new RunWriter(sink, msg.offset, msg.sparse),
           parser: new AppleLz4Parser({ lend: true }), // blocks are hashed and copied into a stage at once
           tracker: new DigestTracker(msg.expect),
-          blob: msg.blobDigest === undefined ? undefined : { hash: hashFor(msg.blobDigest), digest: msg.blobDigest },
+          // hashFor refuses a digest it cannot verify (the job fails with that reason).
+          blob: msg.blobDigest === undefined ? undefined : { hash: hashFor(msg.blobDigest), digest: msg.blobDigest, algorithm: parseDigest(msg.blobDigest)!.algorithm },
         };
         return;
       }
@@ -88,11 +89,11 @@ async function handle(msg: ChunkToWorker): Promise<void> {
         if (!job || job.id !== msg.id) return;
         const j = job;
         // The blob's own digest first: bytes that are not the blob explain any decoding error after them.
-        const blob = j.blob && `${j.blob.digest.slice(0, j.blob.digest.indexOf(':'))}:${j.blob.hash.digest('hex')}`;
-        if (blob !== undefined && blob !== j.blob!.digest) {
+        const got = j.blob && `${j.blob.algorithm}:${j.blob.hash.digest('hex')}`;
+        if (j.blob && got !== j.blob.digest) {
           job = undefined;
           await j.sink.close();
-          send({ type: 'blob-mismatch', id: msg.id, digest: blob });
+          send({ type: 'blob-mismatch', id: msg.id, digest: got! });
           return;
         }
         j.parser.end();
